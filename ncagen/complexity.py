@@ -1,0 +1,84 @@
+"""Complexity of a trajectory: the gzip ratio of its first grids (spec section 6), and zstd's.
+
+ratio = len(gzip(tokens as little-endian int32, level 9)) / len(raw bytes), over the patch tokens
+(no delimiters) of the first `ratio_grids` recorded grids. zlib with wbits=31 writes the same
+10-byte header and 8-byte trailer as `gzip.compress`, so the sizes are identical, without the
+gzip module's Python-level framing. Batches are compressed on a thread pool: zlib and zstandard
+release the GIL, so every core works.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+
+from .config import NCAConfig
+from .tokens import from_sequence
+
+
+def gzip_size(data: bytes, level: int = 9) -> int:
+    """Size of a plain gzip member of `data` (as len(gzip.compress(data, level)))."""
+    return len(zlib.compress(data, level, 31))
+
+
+def ratio_bytes(patch_tokens: np.ndarray) -> np.ndarray:
+    """Patch tokens (B, R, P) -> their int32 little-endian serialisation, (B, R*P*4) uint8."""
+    B = patch_tokens.shape[0]
+    return np.ascontiguousarray(patch_tokens, dtype="<i4").reshape(B, -1).view(np.uint8)
+
+
+@lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ncagen-zip")
+
+
+def default_workers() -> int:
+    """Threads for compression: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _map_rows(fn, raw: np.ndarray, workers: int) -> np.ndarray:
+    """Apply fn(bytes) -> int to each row of raw (B, L) on `workers` threads, in chunks."""
+    B = raw.shape[0]
+    if B == 0:
+        return np.zeros(0, np.int64)
+    chunks = np.array_split(np.arange(B), min(workers, B))
+    work = lambda idx: [fn(raw[i].tobytes()) for i in idx]  # noqa: E731
+    parts = list(_pool(workers).map(work, chunks)) if workers > 1 else [work(chunks[0])]
+    return np.array([s for part in parts for s in part], np.int64)
+
+
+def gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | None = None) -> np.ndarray:
+    """gzip ratio of each row of patch tokens (B, R, P) as float32."""
+    raw = ratio_bytes(patch_tokens)
+    sizes = _map_rows(lambda b: len(zlib.compress(b, level, 31)), raw, workers or default_workers())
+    return (sizes / raw.shape[1]).astype(np.float32)
+
+
+def zstd_ratios(patch_tokens: np.ndarray, level: int = 19, workers: int | None = None) -> np.ndarray:
+    """zstd ratio (one frame, default parameters at `level`) of each row, float32."""
+    import zstandard
+
+    raw = ratio_bytes(patch_tokens)
+    workers = workers or default_workers()
+    local = {}
+
+    def size(b: bytes) -> int:
+        import threading
+
+        tid = threading.get_ident()
+        if tid not in local:  # a ZstdCompressor must not be shared between threads
+            local[tid] = zstandard.ZstdCompressor(level=level)
+        return len(local[tid].compress(b))
+
+    return (_map_rows(size, raw, workers) / max(raw.shape[1], 1)).astype(np.float32)
+
+
+def gzip_ratio_of_row(input_ids, cfg: NCAConfig) -> float:
+    """Recompute a row's gzip ratio from its input_ids alone (float32, as stored)."""
+    patches = from_sequence(input_ids, cfg)[:cfg.ratio_grids]
+    return float(gzip_ratios(patches[None], cfg.gzip_level, workers=1)[0])

@@ -1,0 +1,153 @@
+"""Every knob of NCA data generation, as frozen dataclasses, validated in one place.
+
+`NCAConfig` is the data contract of `shared/NCA_SPEC.md` (network, rollout, tokens, gzip
+ratio); `Band` is a complexity band. Invalid user input raises `ConfigError` (a `ValueError`)
+whose message names the problem; the CLI turns it into one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+INT32_MAX = 2**31 - 1
+DEFAULT_STATES = 10
+
+
+class ConfigError(ValueError):
+    """A configuration the generator refuses, with a message naming the problem."""
+
+
+@dataclass(frozen=True)
+class NCAConfig:
+    """The generation contract: one rule network, its rollout, tokens and complexity measure."""
+
+    states: int = DEFAULT_STATES  # alphabet size n
+    grid: int = 12  # the torus is grid x grid cells
+    patch: int = 2  # p x p cells make one token
+    seq_len: int = 1024  # tokens per row
+    burn_in: int = 10  # steps run and discarded before the first recorded grid
+    dt: int = 1  # steps between recorded grids
+    temperature: float = 1e-4  # tau of the update's softmax; > 0
+    identity_bias: float = 0.0  # b, added to the logit of the current state
+    sims_per_rule: int = 1  # trajectories drawn from each sampled rule
+    conv_channels: int = 4  # outputs of the 3x3 conv
+    hidden: int = 16  # width of the 1x1 hidden layer
+    ratio_grids: int = 10  # the gzip ratio is taken over this many first recorded grids
+    gzip_level: int = 9
+    zstd_level: int = 19
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for any combination the generator cannot honour."""
+        for name in ("grid", "patch", "seq_len", "dt", "sims_per_rule", "conv_channels",
+                     "hidden", "ratio_grids"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, "
+                                  f"got {getattr(self, name)!r}")
+        if not isinstance(self.states, int) or self.states < 2:
+            raise ConfigError(f"states must be an integer >= 2, got {self.states!r}")
+        if self.states > 255:
+            raise ConfigError(f"states must be <= 255 (cells are stored as bytes), got {self.states}")
+        if not isinstance(self.burn_in, int) or self.burn_in < 0:
+            raise ConfigError(f"burn-in must be an integer >= 0, got {self.burn_in!r}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
+        if not math.isfinite(self.identity_bias):
+            raise ConfigError(f"identity-bias must be finite, got {self.identity_bias!r}")
+        if self.grid % self.patch:
+            raise ConfigError(f"patch {self.patch} does not divide grid {self.grid}")
+        if self.vocab_size > INT32_MAX:
+            raise ConfigError(
+                f"vocabulary {self.states}**{self.patch * self.patch} + 2 = {self.vocab_size} "
+                f"does not fit the int32 token type")
+        if self.seq_len < self.tokens_per_grid:
+            raise ConfigError(f"seq-len {self.seq_len} is too short for one grid "
+                              f"({self.tokens_per_grid} tokens)")
+        if self.seq_len < self.ratio_grids * self.tokens_per_grid:
+            raise ConfigError(
+                f"seq-len {self.seq_len} cannot hold the first {self.ratio_grids} grids that the "
+                f"gzip ratio is computed on ({self.ratio_grids * self.tokens_per_grid} tokens)")
+        if not 1 <= self.gzip_level <= 9:
+            raise ConfigError(f"gzip level must be in 1..9, got {self.gzip_level}")
+        if not 1 <= self.zstd_level <= 22:
+            raise ConfigError(f"zstd level must be in 1..22, got {self.zstd_level}")
+
+    @property
+    def patches_per_grid(self) -> int:
+        """Patch tokens in one grid, delimiters excluded."""
+        return (self.grid // self.patch) ** 2
+
+    @property
+    def tokens_per_grid(self) -> int:
+        """Tokens one grid takes in a sequence: GRID_START, its patches, GRID_END."""
+        return self.patches_per_grid + 2
+
+    @property
+    def grid_start(self) -> int:
+        return self.states ** (self.patch * self.patch)
+
+    @property
+    def grid_end(self) -> int:
+        return self.grid_start + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.states ** (self.patch * self.patch) + 2
+
+    @property
+    def grids_per_sequence(self) -> int:
+        """Recorded grids a sequence needs (the last one may be cut short)."""
+        return -(-self.seq_len // self.tokens_per_grid)
+
+    def record_time(self, k: int) -> int:
+        """Step index t of the k-th recorded grid s_t."""
+        return self.burn_in + k * self.dt
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_BAND_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*$")
+
+
+@dataclass(frozen=True, order=True)
+class Band:
+    """A complexity band: rows with lo < gzip_ratio < hi (both strict) are kept."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.lo < self.hi <= 1.0):
+            raise ConfigError(f"band {self.lo}-{self.hi} must satisfy 0 <= LO < HI <= 1")
+
+    @classmethod
+    def parse(cls, text: str) -> "Band":
+        """Parse 'LO-HI', e.g. '0.5-1.0'."""
+        m = _BAND_RE.match(text)
+        if not m:
+            raise ConfigError(f"band {text!r} is not of the form LO-HI, e.g. 0.5-1.0")
+        return cls(float(m.group(1)), float(m.group(2)))
+
+    def contains(self, ratio: float) -> bool:
+        return self.lo < ratio < self.hi
+
+    def name(self, states: int = DEFAULT_STATES) -> str:
+        """The config name of this band at an alphabet size: band_30_40, band_50_100_states_15."""
+        base = f"band_{_pct(self.lo)}_{_pct(self.hi)}"
+        return base if states == DEFAULT_STATES else f"{base}_states_{states}"
+
+    def __str__(self) -> str:
+        return f"{self.lo:g}-{self.hi:g}"
+
+
+def _pct(x: float) -> str:
+    return f"{round(100 * x, 6):g}"
+
+
+PAPER_BANDS = (Band(0.2, 0.3), Band(0.3, 0.4), Band(0.4, 0.5), Band(0.5, 1.0))

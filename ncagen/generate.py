@@ -1,0 +1,142 @@
+"""Seeds -> filtered rows for one shard: rule, rollout, tokens, complexity filter. No Ray, no files.
+
+Candidates are numbered 0, 1, 2, ... inside a shard; candidate j is simulation j % S of rule
+j // S (S = sims_per_rule), and the rule's seed is a hash of (shard key, j // S). A shard's rows
+are its first accepted candidates in candidate order, so they do not depend on the batch size.
+Each candidate is rolled out only as far as the gzip ratio needs (its first `ratio_grids`
+recorded grids); the rest of the sequence is rolled out for accepted candidates alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from . import complexity, rng
+from .config import Band, NCAConfig
+from .rollout import advance, init_state, noise_keys
+from .rules import sample_rules
+from .tokens import encode_grids, to_sequence
+
+DEFAULT_BATCH = 2048
+SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before giving up
+
+
+class BandUnreachable(RuntimeError):
+    """No random rule's trajectory falls inside the band for this alphabet."""
+
+
+@dataclass
+class ShardStats:
+    """What generating a shard cost: candidates tried, rows accepted, ratios seen."""
+
+    candidates: int = 0
+    accepted: int = 0
+    ratio_min: float = float("inf")
+    ratio_max: float = float("-inf")
+    extra: dict = field(default_factory=dict)
+
+    def add(self, ratios: np.ndarray, accepted: int) -> None:
+        self.candidates += len(ratios)
+        self.accepted += accepted
+        if len(ratios):
+            self.ratio_min = min(self.ratio_min, float(ratios.min()))
+            self.ratio_max = max(self.ratio_max, float(ratios.max()))
+
+
+def candidate_seeds(shard_key: int, start: int, count: int, sims_per_rule: int):
+    """Rule seeds (int64) and simulation indices of candidates start .. start+count-1."""
+    j = np.arange(start, start + count, dtype=np.int64)
+    rule_index = j // sims_per_rule
+    seeds = rng.seed_of(rng.derive_many(np.full(count, shard_key, np.uint64), rule_index))
+    return seeds, (j % sims_per_rule).astype(np.int32)
+
+
+def _params_for(rule_seeds: np.ndarray, cfg: NCAConfig):
+    """Rule parameters for each candidate, sampling each distinct rule once."""
+    if cfg.sims_per_rule == 1:
+        return sample_rules(rule_seeds, cfg)
+    uniq, inverse = np.unique(rule_seeds, return_inverse=True)
+    return sample_rules(uniq, cfg).subset(inverse)
+
+
+def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, grids: int,
+                   device: str = "cpu", start=None):
+    """Roll candidates out and return (patch tokens (B, grids, P), final state, params).
+
+    With `start=(params, state, t, done)` the rollout continues from a previous call that
+    recorded `done` grids and ended at step t.
+    """
+    B, G = len(rule_seeds), cfg.grid
+    if start is None:
+        params, state, t0, done = _params_for(rule_seeds, cfg), init_state(rule_seeds, sims, cfg), 0, 0
+    else:
+        params, state, t0, done = start
+    out = np.zeros((B, grids - done, G, G), np.uint8)
+    t1 = cfg.record_time(grids - 1)
+    state = advance(params, state, noise_keys(rule_seeds, sims), t0, t1, cfg, out,
+                    rec_offset=done, device=device)
+    return encode_grids(out, cfg.states, cfg.patch), state, params
+
+
+def make_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
+              device: str = "cpu", stats: ShardStats | None = None) -> dict:
+    """Generate candidates, keep those whose gzip ratio lies in the band, return their columns."""
+    R, K = cfg.ratio_grids, cfg.grids_per_sequence
+    head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device)  # (B, R, P)
+    ratios = complexity.gzip_ratios(head, cfg.gzip_level)
+    keep = np.flatnonzero((ratios > band.lo) & (ratios < band.hi))
+    if stats is not None:
+        stats.add(ratios, len(keep))
+    head, seeds, sm = head[keep], rule_seeds[keep], sims[keep]
+    if K > R and len(keep):
+        tail, _, _ = rollout_tokens(cfg, seeds, sm, K, device,
+                                    start=(params.subset(keep), state[keep], cfg.record_time(R - 1), R))
+        patches = np.concatenate([head, tail], axis=1)
+    else:
+        patches = head
+    return {
+        "input_ids": to_sequence(patches, cfg),
+        "gzip_ratio": ratios[keep],
+        "zstd_ratio": complexity.zstd_ratios(head, cfg.zstd_level),
+        "rule_seed": seeds,
+        "sim": sm.astype(np.int32),
+    }
+
+
+def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str = "cpu",
+             batch: int = DEFAULT_BATCH, stats: ShardStats | None = None) -> Iterator[dict]:
+    """Yield column batches of a shard's first `rows` accepted candidates, in candidate order."""
+    stats = stats if stats is not None else ShardStats()
+    done, start = 0, 0
+    while done < rows:
+        seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
+        start += batch
+        cols = make_rows(cfg, band, seeds, sims, device, stats)
+        take = min(rows - done, len(cols["rule_seed"]))
+        if take:
+            done += take
+            yield {k: v[:take] for k, v in cols.items()}
+        if stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT:
+            raise BandUnreachable(
+                f"band {band} looks unreachable for states={cfg.states}: {stats.candidates} random "
+                f"rules gave gzip ratios in [{stats.ratio_min:.3f}, {stats.ratio_max:.3f}], "
+                f"none strictly inside ({band.lo:g}, {band.hi:g})")
+    stats.extra["candidates_per_row"] = stats.candidates / max(rows, 1)
+
+
+def regenerate(cfg: NCAConfig, rule_seeds, sims, device: str = "cpu") -> dict:
+    """Rebuild rows from their recorded seeds, unfiltered (for verification and inspection)."""
+    rule_seeds = np.asarray(rule_seeds, np.int64)
+    sims = np.asarray(sims, np.int32)
+    patches, _, _ = rollout_tokens(cfg, rule_seeds, sims, cfg.grids_per_sequence, device)
+    head = patches[:, :cfg.ratio_grids]
+    return {
+        "input_ids": to_sequence(patches, cfg),
+        "gzip_ratio": complexity.gzip_ratios(head, cfg.gzip_level),
+        "zstd_ratio": complexity.zstd_ratios(head, cfg.zstd_level),
+        "rule_seed": rule_seeds,
+        "sim": sims,
+    }
