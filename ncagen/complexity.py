@@ -27,8 +27,8 @@ def gzip_size(data: bytes, level: int = 9) -> int:
 
 def ratio_bytes(patch_tokens: np.ndarray) -> np.ndarray:
     """Patch tokens (B, R, P) -> their int32 little-endian serialisation, (B, R*P*4) uint8."""
-    B = patch_tokens.shape[0]
-    return np.ascontiguousarray(patch_tokens, dtype="<i4").reshape(B, -1).view(np.uint8)
+    B, width = patch_tokens.shape[0], int(np.prod(patch_tokens.shape[1:]))
+    return np.ascontiguousarray(patch_tokens, dtype="<i4").reshape(B, width).view(np.uint8)
 
 
 @lru_cache(maxsize=None)

@@ -95,8 +95,8 @@ def make_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarr
         tail, _, _ = rollout_tokens(cfg, seeds, sm, K, device,
                                     start=(params.subset(keep), state[keep], cfg.record_time(R - 1), R))
         patches = np.concatenate([head, tail], axis=1)
-    else:
-        patches = head
+    else:  # nothing accepted, or the ratio grids fill the whole sequence
+        patches = np.zeros((len(keep), K, head.shape[2]), head.dtype) if K > R else head
     return {
         "input_ids": to_sequence(patches, cfg),
         "gzip_ratio": ratios[keep],

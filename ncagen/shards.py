@@ -120,19 +120,17 @@ def write_shard(root: str, rel_path: str, tables: Iterable[pa.Table], schema_: p
     final = posixpath.join(base, rel_path)
     tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
     fsys.create_dir(posixpath.dirname(final), recursive=True)
-    writer = None
     try:
         with fsys.open_output_stream(tmp) as sink:
             writer = pq.ParquetWriter(sink, schema_, compression="zstd")
-            for t in _regroup(tables, ROW_GROUP_ROWS):
-                writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
-            writer.add_key_value_metadata({STATS_KEY: json.dumps(stats_fn()).encode()})
-            writer.close()
-            writer = None
+            try:
+                for t in _regroup(tables, ROW_GROUP_ROWS):
+                    writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
+                writer.add_key_value_metadata({STATS_KEY: json.dumps(stats_fn()).encode()})
+            finally:
+                writer.close()
         fsys.move(tmp, final)
     except BaseException:
-        if writer is not None:
-            writer.close()
         try:
             fsys.delete_file(tmp)
         except (FileNotFoundError, OSError):

@@ -1,0 +1,55 @@
+"""Patch tokens: the spec's layout, exact inversion, and the sequence framing."""
+
+import numpy as np
+import pytest
+import torch
+
+from ncagen.config import NCAConfig
+from ncagen.tokens import (decode_grids, decode_sequence, encode_grids, from_sequence,
+                           render_strip, to_sequence)
+
+
+def test_patch_layout_matches_spec():
+    g = np.zeros((4, 4), np.uint8)
+    g[0, 0], g[0, 1], g[1, 0], g[1, 1] = 1, 2, 3, 4  # top-left patch: c0..c3
+    g[0, 2] = 7  # second patch (top-right), its c0
+    g[2, 0] = 9  # third patch (bottom-left), its c0
+    tok = encode_grids(g, 10, 2)
+    assert tok.tolist() == [1 + 2 * 10 + 3 * 100 + 4 * 1000, 7, 9, 0]
+
+
+@pytest.mark.parametrize("n, patch, grid", [(2, 2, 12), (10, 2, 12), (15, 3, 12), (20, 2, 8)])
+def test_decode_inverts_encode(n, patch, grid):
+    rng = np.random.default_rng(n)
+    grids = rng.integers(0, n, (5, 3, grid, grid)).astype(np.uint8)
+    tokens = encode_grids(grids, n, patch)
+    assert tokens.max() < n ** (patch * patch)
+    assert np.array_equal(decode_grids(tokens, n, patch, grid), grids)
+    # the torch path gives the same tokens
+    assert np.array_equal(encode_grids(torch.from_numpy(grids), n, patch).numpy(), tokens)
+
+
+def test_sequence_framing_and_cut():
+    cfg = NCAConfig()
+    rng = np.random.default_rng(0)
+    grids = rng.integers(0, 10, (2, cfg.grids_per_sequence, 12, 12)).astype(np.uint8)
+    ids = to_sequence(encode_grids(grids, 10, 2), cfg)
+    assert ids.shape == (2, 1024) and ids.dtype == np.int32
+    assert ids[0, 0] == cfg.grid_start and ids[0, 37] == cfg.grid_end
+    assert ids[0, -1] != cfg.grid_end  # the 27th grid is cut short by 2 tokens
+    back = decode_sequence(ids[1], cfg)
+    assert back.shape == (26, 12, 12)
+    assert np.array_equal(back, grids[1, :26])
+
+
+def test_from_sequence_rejects_bad_framing():
+    cfg = NCAConfig()
+    ids = np.zeros(1024, np.int64)
+    with pytest.raises(ValueError, match="GRID_START"):
+        from_sequence(ids, cfg)
+
+
+def test_render_strip_size():
+    grids = np.random.default_rng(0).integers(0, 10, (3, 12, 12)).astype(np.uint8)
+    img = render_strip(grids, 10, scale=4, gap=2)
+    assert img.size == (3 * 48 + 2 * 2, 48)
