@@ -24,6 +24,7 @@ from .generate import DEFAULT_BATCH, BandUnreachable
 
 SPLITS = ("train", "validation")
 DEFAULT_SHARD_ROWS = 100_000  # ~400 MB of int32 tokens before compression
+GPU_BATCH = 32_768  # a GPU needs far larger batches than the CPU engine to be busy
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class BuildConfig:
     executor: str = "ray"
     address: str | None = None
     workers: int | None = None
-    batch: int = DEFAULT_BATCH
+    batch: int | None = None  # candidates per rollout batch; None: by device
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -68,8 +69,10 @@ class BuildConfig:
             raise ConfigError(f"executor must be ray or local, got {self.executor!r}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
-        if self.batch < 1:
+        if self.batch is not None and self.batch < 1:
             raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
 
     @property
     def train_rows(self) -> int:
@@ -131,7 +134,7 @@ def plan(cfg: BuildConfig) -> list[ShardTask]:
     return tasks
 
 
-def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int = DEFAULT_BATCH,
+def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None = None,
               threads: int | None = None) -> dict:
     """Generate one shard and write it atomically; an existing shard is kept, not rebuilt."""
     from . import shards
@@ -145,6 +148,7 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int = DEFAU
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     device = resolve_device(device)
+    batch = batch or (GPU_BATCH if device.startswith("cuda") else DEFAULT_BATCH)
     stats, t0 = ShardStats(), time.perf_counter()
     tables = (shards.to_table(cols, task.nca, task.config_name)
               for cols in generate(task.nca, task.band, task.key, task.rows, device, batch, stats))
@@ -237,38 +241,74 @@ def _execute_local(cfg: BuildConfig, tasks: list[ShardTask], on_result) -> None:
         on_result(task, run_shard(task, cfg.out, cfg.device, cfg.batch))
 
 
+MAX_RETRIES = 4  # Ray reruns a shard whose worker process or node died this many times
+
+
+def _ray_init_kwargs(cfg: BuildConfig) -> dict:
+    """ray.init arguments: join --address / RAY_ADDRESS, else start a private local Ray."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    common = {"configure_logging": False, "log_to_driver": True}
+    if address is not None:
+        return {"address": address, **common}
+    # "local" starts a fresh instance even when a `ray start` cluster runs on this machine; the
+    # object store only carries task arguments and results (shards go straight to storage).
+    return {"address": "local", "include_dashboard": False,
+            "object_store_memory": 200 * 2**20, **common}
+
+
+def _ray_task_options(cfg: BuildConfig, nodes: list[dict]) -> tuple[dict, str]:
+    """Resources of one shard task and the device it rolls out on.
+
+    GPU: one GPU per task and the CPUs that go with it on its node (for gzip); CPU: one core
+    per task, or cores / --workers.  `nodes` is ray.nodes().
+    """
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    gpu_nodes = [r for r in alive if r.get("GPU", 0) >= 1]
+    if cfg.device.startswith("cuda") or (cfg.device == "auto" and gpu_nodes):
+        # with no GPU node up yet (an autoscaling cluster) ask for one GPU and one CPU
+        per = min((max(1, int(r.get("CPU", 1) // r["GPU"])) for r in gpu_nodes), default=1)
+        return {"num_gpus": 1, "num_cpus": per}, "cuda"
+    total = sum(int(r.get("CPU", 0)) for r in alive)
+    biggest = max((int(r.get("CPU", 0)) for r in alive), default=1)
+    per = max(1, min(total // cfg.workers, biggest)) if cfg.workers else 1
+    return {"num_cpus": per}, "cpu"
+
+
 def _execute_ray(cfg: BuildConfig, tasks: list[ShardTask], on_result) -> None:
+    """Run shards as Ray tasks; Ray itself reruns a task whose worker or node died."""
     import ray
 
+    out = cfg.out if "://" in cfg.out else os.path.abspath(cfg.out)  # a job's workers start elsewhere
     started = not ray.is_initialized()
     if started:
-        ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True,
-                 configure_logging=False, runtime_env={"env_vars": {"RAY_DEDUP_LOGS": "0"}})
+        ray.init(**_ray_init_kwargs(cfg))
+    pending: dict = {}
     try:
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0)) if cfg.device != "cpu" else 0
-        cpus = max(1, int(resources.get("CPU", 1)))
-        if gpus:
-            opts = {"num_gpus": 1, "num_cpus": max(1, cpus // gpus)}
-        else:
-            per = max(1, cpus // cfg.workers) if cfg.workers else 1
-            opts = {"num_cpus": per}
-        device = "cuda" if gpus else "cpu"
-        remote = ray.remote(max_retries=4, retry_exceptions=False)(run_shard)
-        pending = {remote.options(**opts).remote(t, cfg.out, device, cfg.batch, opts["num_cpus"]): t
-                   for t in tasks}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                task = pending.pop(ref)
-                on_result(task, ray.get(ref))
+        opts, device = _ray_task_options(cfg, ray.nodes())
+        remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(run_shard).options(**opts)
+        for t in tasks:
+            if _shard_done(out, t):  # checked here, not in a task: resuming starts no workers
+                on_result(t, run_shard(t, out))
+            else:
+                pending[remote.remote(t, out, device, cfg.batch, opts["num_cpus"])] = t
+        refs = list(pending)
+        while refs:
+            (ref,), refs = ray.wait(refs, num_returns=1)
+            on_result(pending[ref], ray.get(ref))
+            del pending[ref]
     except BaseException:
-        for ref in list(locals().get("pending", {})):
+        for ref in pending:
             ray.cancel(ref, force=True)
         raise
     finally:
         if started:
             ray.shutdown()
+
+
+def _shard_done(out: str, task: ShardTask) -> bool:
+    from . import shards
+
+    return shards.exists(out, task.path)
 
 
 def build(cfg: BuildConfig, command: str = "") -> dict:
@@ -389,7 +429,8 @@ def parser() -> argparse.ArgumentParser:
                    help="ray: Ray workers (an embedded local Ray unless --address); local: this process")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--workers", type=int, help="CPU workers to run at once (default: one per core)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="candidates rolled out per batch")
+    p.add_argument("--batch", type=int, help=f"candidates rolled out per batch "
+                   f"(default {DEFAULT_BATCH} on CPU, {GPU_BATCH} on a GPU)")
     p.add_argument("--overwrite", action="store_true", help="replace a build with a different config")
     return p
 
@@ -420,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
-        if cfg.device != "auto":
+        if cfg.device != "auto" and cfg.executor == "local":  # Ray checks on its workers
             from .rollout import resolve_device
 
             resolve_device(cfg.device)

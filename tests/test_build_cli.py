@@ -137,3 +137,18 @@ def test_unreachable_band_exits_2(tmp_path):
     assert res.returncode == 2
     assert "unreachable for states=2" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not list(out.rglob("*.parquet"))
+
+
+def test_build_to_filesystem_url():
+    """Output paths may be fsspec URLs: build in-process into memory:// and read it back."""
+    import fsspec
+
+    from ncagen.build import main
+
+    assert main(["--rows", "40", "--seq-len", "380", "--executor", "local",
+                 "--out", "memory://ncagen-test/ds"]) == 0
+    fs = fsspec.filesystem("memory")
+    files = fs.find("/ncagen-test/ds")
+    assert "/ncagen-test/ds/ncagen.json" in files
+    with fs.open("/ncagen-test/ds/data/band_50_100/train-00000-of-00001.parquet", "rb") as f:
+        assert pq.read_table(f).num_rows == 40
