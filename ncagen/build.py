@@ -143,10 +143,11 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
 
     if shards.exists(out, task.path):
         return {**shards.read_shard_result(out, task.path).to_dict(), "reused": True}
-    if threads:
+    if threads:  # a worker's CPU share: numba rollouts and the gzip/zstd thread pool
         import numba
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        os.environ["NCAGEN_THREADS"] = str(threads)
     device = resolve_device(device)
     batch = batch or (GPU_BATCH if device.startswith("cuda") else DEFAULT_BATCH)
     stats, t0 = ShardStats(), time.perf_counter()
@@ -336,10 +337,14 @@ def build(cfg: BuildConfig, command: str = "") -> dict:
         progress.update(result, task.nca.seq_len)
 
     (_execute_ray if cfg.executor == "ray" else _execute_local)(cfg, tasks, on_result)
+    _clean_temps(cfg.out)  # left by workers killed mid-shard (Ray reran their shards)
     manifest["partitions"] = _partition_summary(tasks, manifest["shards"])
     manifest["build_seconds"] = round(time.perf_counter() - t0, 3)
     manifest["complete"] = True
     shards.write_manifest(cfg.out, manifest)
+    from .card import write_card
+
+    write_card(cfg.out)  # the directory is now a ready Hub dataset repository
     return manifest
 
 
@@ -373,7 +378,8 @@ def summary(manifest: dict, out: str) -> str:
         splits = ", ".join(f"{k} {v['rows']:,}" for k, v in p["splits"].items())
         lines.append(f"  {name:<28} rows {rows:>10,} ({splits})  tokens {toks:>13,}  "
                      f"acceptance {p['acceptance_rate']:.1%}  {rate / 1e6:.2f}M tok/s per worker")
-    lines.append(f"  data: {out}/data/<config>/<split>-*.parquet   manifest: {out}/ncagen.json")
+    lines.append(f"  data: {out}/data/<config>/<split>-*.parquet   manifest: {out}/ncagen.json   "
+                 f"card: {out}/README.md")
     return "\n".join(lines)
 
 

@@ -1,0 +1,256 @@
+"""The dataset card: Hub-valid YAML, numbers recomputed from the Parquet files, figures, CLI."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ncagen.build import main as build_main
+from ncagen.card import (
+    CardError, band_text, main, ratio_quantiles, size_category, write_card, zipf_stats)
+from ncagen.config import Band
+
+CONFIGS = ("band_40_50", "band_50_100", "band_40_50_states_15", "band_50_100_states_15")
+FIGURE_LIMIT = 200_000  # bytes
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Two bands x two alphabets, train in two shards, validation; card with figures."""
+    out = tmp_path_factory.mktemp("card") / "nca"
+    rc = build_main(["--band", "0.4-0.5", "--band", "0.5-1.0", "--states", "10", "--states", "15",
+                     "--rows", "150", "--shard-rows", "100", "--val-rows", "30", "--seq-len", "380",
+                     "--batch", "256", "--executor", "local", "--out", str(out)])
+    assert rc == 0
+    path = write_card(str(out))
+    assert path == str(out / "README.md")
+    return out
+
+
+def card_of(out):
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard.load(out / "README.md")
+
+
+def section(text, config):
+    """The card's section about one config."""
+    start = text.index(f"### `{config}`")
+    end = text.find("\n### ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def recomputed(out, config, split):
+    """Rows, tokens, Arrow bytes, file bytes and gzip ratios of a split, straight from Parquet."""
+    files = sorted((out / "data" / config).glob(f"{split}-*.parquet"))
+    table = pq.read_table(files)
+    tokens = sum(len(r) for r in table.column("input_ids").to_pylist())
+    return {"rows": table.num_rows, "tokens": tokens, "num_bytes": table.nbytes,
+            "download": sum(f.stat().st_size for f in files),
+            "ratios": table.column("gzip_ratio").to_numpy()}
+
+
+def test_yaml_parses_with_hub_classes(built):
+    from huggingface_hub import DatasetCardData
+
+    data = card_of(built).data
+    assert isinstance(data, DatasetCardData)
+    assert data.license == "mit"
+    assert data.task_categories == ["text-generation"]
+    assert {"synthetic", "cellular-automata", "pre-pre-training"} <= set(data.tags)
+    assert data.size_categories == ["n<1K"]  # 4 configs x 180 rows
+    assert [c["config_name"] for c in data.configs] == list(CONFIGS)
+    assert [c["config_name"] for c in data.configs if c.get("default")] == ["band_50_100"]
+    assert [i["config_name"] for i in data.dataset_info] == list(CONFIGS)
+    for info in data.dataset_info:
+        assert info["features"][0] == {"name": "input_ids", "sequence": "int32"}
+        assert {f["name"]: f.get("dtype") for f in info["features"][1:]} == {
+            "gzip_ratio": "float32", "zstd_ratio": "float32", "states": "int32",
+            "band": "string", "rule_seed": "int64", "sim": "int32"}
+    # the YAML survives a round trip through the Hub's own class
+    again = DatasetCardData(**data.to_dict()).to_dict()
+    assert again["configs"] == data.to_dict()["configs"]
+
+
+def test_data_files_exist_and_cover_the_build(built):
+    globbed = set()
+    for config in card_of(built).data.configs:
+        assert [d["split"] for d in config["data_files"]] == ["train", "validation"]
+        for entry in config["data_files"]:
+            assert entry["path"] == f"data/{config['config_name']}/{entry['split']}-*.parquet"
+            found = set(built.glob(entry["path"]))
+            assert found
+            assert not found & globbed
+            globbed |= found
+    assert globbed == set(built.glob("data/*/*.parquet"))
+    assert len(list(built.glob("data/band_50_100/train-*.parquet"))) == 2
+
+
+def test_numbers_equal_the_parquet_files(built):
+    data, text = card_of(built).data, (built / "README.md").read_text()
+    manifest = json.loads((built / "ncagen.json").read_text())
+    total_rows = total_tokens = 0
+    for info in data.dataset_info:
+        config = info["config_name"]
+        sec = section(text, config)
+        ratios, download = [], 0
+        for split in info["splits"]:
+            got = recomputed(built, config, split["name"])
+            assert split["num_examples"] == got["rows"]
+            assert split["num_bytes"] == got["num_bytes"]
+            assert f"| {split['name']} | {got['rows']:,} | {got['tokens']:,} |" in sec
+            total_rows += got["rows"]
+            total_tokens += got["tokens"]
+            ratios.append(got["ratios"])
+            download += got["download"]
+        assert info["download_size"] == download
+        assert info["dataset_size"] == sum(s["num_bytes"] for s in info["splits"])
+        ratios = np.concatenate(ratios).astype(np.float64)
+        q = np.quantile(ratios, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+        row = [ratios.min(), *q, ratios.max(), ratios.mean()]
+        assert "| " + " | ".join(f"{v:.4f}" for v in row) + " |" in sec
+        part = manifest["partitions"][config]
+        assert f"{part['accepted'] / part['candidates']:.1%} of the candidate" in sec
+        ids = (pq.read_table(sorted((built / "data" / config).glob("*.parquet")))
+               .column("input_ids").combine_chunks().flatten().to_numpy())
+        n = part["states"]
+        used = len(np.unique(ids[ids < n ** 4]))
+        assert f"; {used:,} of the {n ** 4:,} patch tokens occur" in sec
+    assert f"{total_rows:,} rows and {total_tokens:,} tokens" in text
+    assert manifest["command"] in text
+
+
+def test_parameters_and_command_from_the_manifest(built):
+    text = (built / "README.md").read_text()
+    manifest = json.loads((built / "ncagen.json").read_text())
+    for key, value in manifest["config"]["nca"].items():
+        shown = f"{value:g}" if isinstance(value, float) else f"{value:,}"
+        assert f"| `{key}` | {shown} |" in text
+    assert "| `bands` | 0.4-0.5, 0.5-1.0 |" in text
+    assert "| `states` | 10, 15 |" in text
+    assert f"```bash\n{manifest['command']}\n```" in text
+    assert 'load_dataset("<org>/nca-trajectories", "band_40_50_states_15")' in text
+    assert "arXiv:2603.10055" in text and "Lee, Dan and Han, Seungwook" in text
+
+
+def test_figures_are_linked_small_pngs(built):
+    text = (built / "README.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 3 * len(CONFIGS)
+    assert sorted(links) == sorted(p.relative_to(built).as_posix() for p in built.glob("figures/*"))
+    for link in links:
+        path = built / link
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size < FIGURE_LIMIT
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            assert im.format == "PNG" and min(im.size) >= 100
+    with Image.open(built / "figures/band_50_100_samples.png") as im:
+        # 3 rows of 10 grids, 12x12 cells of 5 px, 2 px between grids and 6 px between rows
+        assert im.size == (10 * 60 + 9 * 2, 3 * 60 + 2 * 6)
+
+
+def test_rewriting_gives_identical_files(built):
+    before = {p: p.read_bytes() for p in [built / "README.md", *built.glob("figures/*.png")]}
+    write_card(str(built))
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_without_figures(built, tmp_path):
+    copy = tmp_path / "nca"
+    shutil.copytree(built, copy, ignore=shutil.ignore_patterns("figures", "README.md"))
+    write_card(str(copy), figures=False)
+    text = (copy / "README.md").read_text()
+    assert "![" not in text and not (copy / "figures").exists()
+    infos = [card_of(d).data.to_dict()["dataset_info"] for d in (copy, built)]
+    assert infos[0] == infos[1]
+
+
+def _tampered(built, tmp_path, edit):
+    copy = tmp_path / "nca"
+    shutil.copytree(built, copy)
+    manifest = json.loads((copy / "ncagen.json").read_text())
+    edit(manifest, copy)
+    (copy / "ncagen.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m, d: m["partitions"]["band_40_50"]["splits"]["train"].update(rows=151),
+     "the manifest says 151 rows"),
+    (lambda m, d: m["partitions"]["band_50_100"].update(accepted=1), "candidate counts"),
+    (lambda m, d: shutil.copy(d / "data/band_40_50/validation-00000-of-00001.parquet",
+                              d / "data/band_40_50/validation-00001-of-00001.parquet"),
+     "do not match its manifest"),
+    (lambda m, d: m.update(complete=False), "not complete"),
+])
+def test_inconsistent_build_is_refused(built, tmp_path, edit, message):
+    copy = _tampered(built, tmp_path, edit)
+    with pytest.raises(CardError, match=message):
+        write_card(str(copy))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "ncagen.card", *args], capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_cli(built, tmp_path, capsys):
+    run = run_cli
+    res = run(str(built), "--repo", "someone/nca")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(built / "README.md")
+    assert 'load_dataset("someone/nca", "band_50_100")' in (built / "README.md").read_text()
+    write_card(str(built))  # back to the default repo id for the other tests
+
+    missing = run(str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error:") and missing.stderr.count("\n") == 1
+    assert "is not a directory" in missing.stderr
+
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "ncagen.json" in err
+
+    bad = run(str(built), "--bogus")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_pure_helpers():
+    assert size_category(999) == "n<1K" and size_category(1000) == "1K<n<10K"
+    assert size_category(250_000) == "100K<n<1M" and size_category(10**11) == "n>10B"
+    assert band_text(Band(0.5, 1.0)) == "0.5-1.0" and band_text(Band(0.35, 0.45)) == "0.35-0.45"
+    assert band_text(Band(0.0, 0.2)) == "0.0-0.2"
+    counts = np.zeros(5000, np.int64)
+    counts[:2000] = np.round(1e7 / np.arange(1, 2001))  # Zipf's law, exponent 1
+    z = zipf_stats(counts[::-1].copy())
+    assert z["used"] == 2000 and z["top_token"] == 4999
+    assert z["slope"] == pytest.approx(-1.0, abs=0.01)
+    assert z["top_share"] == pytest.approx(1 / sum(1 / np.arange(1, 2001)), rel=1e-3)
+    q = ratio_quantiles(np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32))
+    assert q["50%"] == pytest.approx(0.3) and q["min"] == pytest.approx(0.1)
+    assert list(q) == ["min", "1%", "5%", "25%", "50%", "75%", "95%", "99%", "max", "mean"]
+
+
+def test_canonical_card_in_the_repo(repo_root):
+    """dataset_cards/nca-trajectories/README.md parses and links figures that are there."""
+    from huggingface_hub import DatasetCard
+
+    folder = repo_root / "dataset_cards" / "nca-trajectories"
+    card = DatasetCard.load(folder / "README.md")
+    names = [c["config_name"] for c in card.data.configs]
+    assert {"band_20_30", "band_30_40", "band_40_50", "band_50_100",
+            "band_30_40_states_15", "band_50_100_states_15"} <= set(names)
+    assert [c["config_name"] for c in card.data.configs if c.get("default")] == ["band_50_100"]
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card.text):
+        path = folder / link
+        assert path.is_file() and path.stat().st_size < FIGURE_LIMIT
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
