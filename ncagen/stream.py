@@ -1,0 +1,253 @@
+"""On-the-fly NCA rows for training: the rows a build would write, generated live, no files.
+
+`NCAStream` is a torch `IterableDataset` over the shards a build with the same (config, band,
+seed, shard_rows) plans: shard i of a split has the key `build.plan` gives it, and its rows are
+`generate.generate`'s output for that key, so a stream and a build yield the same rows, shard by
+shard, in the same order. A stream is infinite by default (it keeps going over shard indices
+0, 1, 2, ...) or bounded (`rows=N`, the rows of a build with `--rows N`).
+
+Shards are dealt round-robin over every consumer, (rank, DataLoader worker): shard i goes to
+consumer i % (world_size * num_workers), so no row is yielded twice and none is missed. Keep
+shards small enough that every consumer gets some (`shard_rows`), since the rows of one shard
+come out of one consumer.
+
+`nca_generator` is the same thing as a plain generator function for
+`datasets.IterableDataset.from_generator`, whose list-valued `shards` argument `datasets`
+splits over workers and nodes itself; `nca_iterable_dataset` wires it up.
+
+In a DataLoader worker the stream takes its share of the cores, drops the thread pools a fork
+copied from the parent (their threads did not come along) and keeps numba off OpenMP, which
+breaks in a child forked from a process that used it. `stream_loader` goes further and starts
+workers from a fresh forkserver process, which inherits nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator
+
+import torch
+
+from .build import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, shard_key
+from .config import Band, ConfigError, NCAConfig
+from .generate import DEFAULT_BATCH, generate
+
+
+def shard_tasks(cfg: NCAConfig, band: Band, seed: int, shard_rows: int, rows: int | None = None,
+                split: str = "train", start_shard: int = 0) -> Iterator[ShardTask]:
+    """The shards of a split in build order; endless when rows is None."""
+    count = math.ceil(rows / shard_rows) if rows is not None else 0  # 0: unbounded
+    i = start_shard
+    while rows is None or i < count:
+        n = shard_rows if rows is None else min(shard_rows, rows - i * shard_rows)
+        yield ShardTask(cfg, band, band.name(cfg.states), split, i, count, n,
+                        shard_key(seed, cfg.states, band, split, i))
+        i += 1
+
+
+def row_dicts(cols: dict, cfg: NCAConfig, band_name: str) -> Iterator[dict]:
+    """Column batches from the generator -> one dict per row, with the dataset's columns."""
+    for j in range(len(cols["rule_seed"])):
+        yield {
+            "input_ids": cols["input_ids"][j],  # (seq_len,) int32
+            "gzip_ratio": float(cols["gzip_ratio"][j]),
+            "zstd_ratio": float(cols["zstd_ratio"][j]),
+            "states": cfg.states,
+            "band": band_name,
+            "rule_seed": int(cols["rule_seed"][j]),
+            "sim": int(cols["sim"][j]),
+        }
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _check(band: Band | str, rows: int | None, shard_rows: int, seed: int, split: str,
+           start_shard: int) -> Band:
+    """Validate a stream's arguments; returns the band parsed."""
+    band = Band.parse(band) if isinstance(band, str) else band
+    if rows is not None and rows < 1:
+        raise ConfigError(f"rows must be >= 1 or None (endless), got {rows}")
+    if shard_rows < 1:
+        raise ConfigError(f"shard_rows must be >= 1, got {shard_rows}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if start_shard < 0:
+        raise ConfigError(f"start_shard must be >= 0, got {start_shard}")
+    return band
+
+
+class NCAStream(torch.utils.data.IterableDataset):
+    """The rows of a build, generated live and dealt shard by shard over ranks and workers."""
+
+    def __init__(self, cfg: NCAConfig, band: Band | str, seed: int = 0, *, rows: int | None = None,
+                 shard_rows: int = DEFAULT_SHARD_ROWS, split: str = "train", start_shard: int = 0,
+                 rank: int | None = None, world_size: int | None = None, device: str = "cpu",
+                 batch: int = DEFAULT_BATCH, threads: int | None = None):
+        super().__init__()
+        self.band = _check(band, rows, shard_rows, seed, split, start_shard)
+        if (rank is None) != (world_size is None):
+            raise ConfigError("give both rank and world_size, or neither")
+        if rank is None:
+            rank, world_size = distributed_rank()
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        self.cfg, self.seed, self.rows, self.shard_rows = cfg, seed, rows, shard_rows
+        self.split, self.start_shard, self.rank, self.world_size = split, start_shard, rank, world_size
+        self.device, self.batch, self.threads = device, batch, threads
+
+    @classmethod
+    def from_build(cls, path: str, config_name: str, split: str = "train", **kwargs) -> "NCAStream":
+        """A stream of a built partition's rows (kwargs override, e.g. rows=None to go on forever)."""
+        spec = read_build(path, config_name)
+        if "rows" not in kwargs:
+            if not spec["rows"][split]:
+                raise ConfigError(f"the build at {path} has no {split} rows")
+            kwargs["rows"] = spec["rows"][split]
+        kwargs.setdefault("shard_rows", spec["shard_rows"])
+        return cls(spec["cfg"], spec["band"], spec["seed"], split=split, **kwargs)
+
+    def tasks(self) -> Iterator[ShardTask]:
+        """Every shard of this stream in build order, before dealing to consumers."""
+        return shard_tasks(self.cfg, self.band, self.seed, self.shard_rows, self.rows,
+                           self.split, self.start_shard)
+
+    def consumer(self) -> tuple[int, int]:
+        """(this consumer's index, number of consumers) over all ranks and DataLoader workers."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def __iter__(self) -> Iterator[dict]:
+        from .complexity import default_workers
+        from .rollout import resolve_device
+
+        me, consumers = self.consumer()
+        device = resolve_device(self.device)
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # a DataLoader worker gets its share of the cores
+            _worker_setup(self.threads or max(1, default_workers() // info.num_workers))
+        elif self.threads:
+            _limit_threads(self.threads)
+        for task in self.tasks():
+            if (task.index - self.start_shard) % consumers != me:
+                continue
+            batch = _batch_for(task.rows, self.batch)
+            for cols in generate(task.nca, task.band, task.key, task.rows, device, batch):
+                yield from row_dicts(cols, task.nca, task.config_name)
+
+
+def _batch_for(rows: int, batch: int) -> int:
+    """Candidates per rollout: about what `rows` rows need, at most `batch` (rows do not depend on it)."""
+    return max(1, min(batch, 2 * rows + 64))
+
+
+def _worker_setup(threads: int) -> None:
+    """Prepare a DataLoader worker process for generation, `threads` threads of it.
+
+    A forked worker inherits the parent's thread pools without their threads (work submitted to
+    them would wait forever), so they are dropped and rebuilt on demand; and numba gets its own
+    work-queue pool instead of OpenMP, which cannot run in a child forked from a process that
+    used it (torch does).
+    """
+    import numba
+
+    from . import complexity, generate, rollout
+
+    for module in (complexity, generate, rollout):
+        pool = getattr(module, "_pool", None)
+        if hasattr(pool, "cache_clear"):
+            pool.cache_clear()
+    numba.config.THREADING_LAYER = "workqueue"  # no effect if the parent already started a pool
+    _limit_threads(threads)
+
+
+def _limit_threads(threads: int) -> None:
+    """Cap this process's generation threads (numba's count, which the CPU engine follows, and
+    the compression pool)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    os.environ["NCAGEN_THREADS"] = str(threads)
+
+
+def stream_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs):
+    """A DataLoader over a stream whose workers start fork-safe for numba (a forkserver)."""
+    import multiprocessing
+
+    if num_workers > 0 and "multiprocessing_context" not in kwargs:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["ncagen.stream"])  # workers fork from a warm server
+        kwargs["multiprocessing_context"] = ctx
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                       **kwargs)
+
+
+def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | str, seed: int = 0,
+                  rows: int | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
+                  split: str = "train", device: str = "cpu",
+                  batch: int = DEFAULT_BATCH) -> Iterator[dict]:
+    """Rows of the given shard indices, in order, for datasets.IterableDataset.from_generator."""
+    from .complexity import default_workers
+
+    band = _check(band, rows, shard_rows, seed, split, 0)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        _worker_setup(max(1, default_workers() // info.num_workers))
+    for i in shards:
+        n = shard_rows if rows is None else min(shard_rows, rows - i * shard_rows)
+        if n < 1:
+            raise ConfigError(f"shard {i} lies beyond the {rows} rows of this stream")
+        key = shard_key(seed, cfg.states, band, split, i)
+        for cols in generate(cfg, band, key, n, device, _batch_for(n, batch)):
+            yield from row_dicts(cols, cfg, band.name(cfg.states))
+
+
+def nca_iterable_dataset(cfg: NCAConfig, band: Band | str, seed: int = 0, rows: int | None = None,
+                         shard_rows: int = DEFAULT_SHARD_ROWS, split: str = "train",
+                         num_shards: int | None = None, device: str = "cpu"):
+    """A datasets.IterableDataset of the stream; shards split over workers and nodes by datasets."""
+    import datasets
+
+    if (rows is None) == (num_shards is None):
+        raise ConfigError("give exactly one of rows or num_shards (datasets needs a shard list)")
+    count = math.ceil(rows / shard_rows) if rows is not None else num_shards
+    features = datasets.Features({
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "gzip_ratio": datasets.Value("float32"), "zstd_ratio": datasets.Value("float32"),
+        "states": datasets.Value("int32"), "band": datasets.Value("string"),
+        "rule_seed": datasets.Value("int64"), "sim": datasets.Value("int32")})
+    return datasets.IterableDataset.from_generator(
+        nca_generator, features=features,
+        gen_kwargs={"shards": list(range(count)), "cfg": cfg, "band": str(band), "seed": seed,
+                    "rows": rows, "shard_rows": shard_rows, "split": split, "device": device})
+
+
+def read_build(path: str, config_name: str) -> dict:
+    """A built partition's generation parameters from its manifest: cfg, band, seed, shard_rows, rows."""
+    from .shards import read_manifest
+
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ConfigError(f"{path} holds no ncagen build (no manifest)")
+    ident = manifest["config"]
+    for n in ident["states"]:
+        for text in ident["bands"]:
+            band = Band.parse(text)
+            if band.name(n) == config_name:
+                cfg = NCAConfig(**{**ident["nca"], "states": n})
+                return {"cfg": cfg, "band": band, "seed": ident["seed"],
+                        "shard_rows": ident["shard_rows"],
+                        "rows": {"train": ident["train_rows"], "validation": ident["validation_rows"]}}
+    names = [Band.parse(b).name(n) for n in ident["states"] for b in ident["bands"]]
+    raise ConfigError(f"config {config_name!r} is not in the build at {path}; it has {', '.join(names)}")
+
