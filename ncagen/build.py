@@ -117,20 +117,26 @@ class ShardTask:
         return shard_path(self.config_name, self.split, self.index, self.count)
 
 
-def plan(cfg: BuildConfig) -> list[ShardTask]:
-    """Every shard of the build, in a fixed order."""
+def shard_key(seed: int, states: int, band: Band, split: str, index: int) -> int:
+    """The generation key of shard `index` of a split: a hash of (seed, partition, split, index)."""
     from .rng import derive
 
+    return int(derive(seed, states, round(band.lo * 1e6), round(band.hi * 1e6),
+                      SPLITS.index(split), index))
+
+
+def plan(cfg: BuildConfig) -> list[ShardTask]:
+    """Every shard of the build, in a fixed order."""
     tasks = []
     for n in cfg.states:
         nca = dataclasses.replace(cfg.nca, states=n)
         for band in cfg.bands:
-            for split_id, (split, total) in enumerate(zip(SPLITS, (cfg.train_rows, cfg.validation_rows))):
+            for split, total in zip(SPLITS, (cfg.train_rows, cfg.validation_rows)):
                 count = math.ceil(total / cfg.shard_rows)
                 for i in range(count):
-                    key = derive(cfg.seed, n, round(band.lo * 1e6), round(band.hi * 1e6), split_id, i)
                     tasks.append(ShardTask(nca, band, band.name(n), split, i, count,
-                                           min(cfg.shard_rows, total - i * cfg.shard_rows), int(key)))
+                                           min(cfg.shard_rows, total - i * cfg.shard_rows),
+                                           shard_key(cfg.seed, n, band, split, i)))
     return tasks
 
 
@@ -143,12 +149,11 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
 
     if shards.exists(out, task.path):
         return {**shards.read_shard_result(out, task.path).to_dict(), "reused": True}
-    if threads:  # a worker's CPU share: numba rollouts and the gzip/zstd thread pool
+    if threads:
         import numba
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        os.environ["NCAGEN_THREADS"] = str(threads)
-    device = resolve_device(device)
+    device = device if device == "cpu" else resolve_device(device)  # "cpu" needs no torch
     batch = batch or (GPU_BATCH if device.startswith("cuda") else DEFAULT_BATCH)
     stats, t0 = ShardStats(), time.perf_counter()
     tables = (shards.to_table(cols, task.nca, task.config_name)
@@ -229,7 +234,11 @@ class Progress:
             left = self.total_rows - self.rows
             eta = _hms(left / rate) if rate > 0 else "--:--:--"
             print(f"[ncagen] {self.shards}/{self.total_shards} shards  {self.rows:,}/{self.total_rows:,} rows  "
-                  f"{rate * seq_len / 1e6:.2f}M tok/s  ETA {eta}", file=self.stream, flush=True)
+                  f"{_tok_rate(rate * seq_len)}  ETA {eta}", file=self.stream, flush=True)
+
+
+def _tok_rate(per_second: float) -> str:
+    return f"{per_second / 1e6:.2f}M tok/s" if per_second >= 1e6 else f"{per_second / 1e3:.1f}K tok/s"
 
 
 def _hms(seconds: float) -> str:
@@ -268,27 +277,43 @@ def _ray_task_options(cfg: BuildConfig, nodes: list[dict]) -> tuple[dict, str]:
     if cfg.device.startswith("cuda") or (cfg.device == "auto" and gpu_nodes):
         # with no GPU node up yet (an autoscaling cluster) ask for one GPU and one CPU
         per = min((max(1, int(r.get("CPU", 1) // r["GPU"])) for r in gpu_nodes), default=1)
-        return {"num_gpus": 1, "num_cpus": per}, "cuda"
+        return {"num_gpus": 1, "num_cpus": per, "runtime_env": _threads_env(per)}, "cuda"
     total = sum(int(r.get("CPU", 0)) for r in alive)
     biggest = max((int(r.get("CPU", 0)) for r in alive), default=1)
     per = max(1, min(total // cfg.workers, biggest)) if cfg.workers else 1
-    return {"num_cpus": per}, "cpu"
+    return {"num_cpus": per, "runtime_env": _threads_env(per)}, "cpu"
+
+
+def _threads_env(cpus: int) -> dict:
+    """Environment of a worker that runs `cpus` threads: numba rollouts and gzip/zstd pools.
+
+    numba.set_num_threads() holds only for the thread that calls it, and the generator works in
+    threads of its own, so the cap must be the process default: NUMBA_NUM_THREADS at start.
+    complexity.default_workers() reads OMP_NUM_THREADS.
+    """
+    return {"env_vars": {"NUMBA_NUM_THREADS": str(cpus), "OMP_NUM_THREADS": str(cpus)}}
 
 
 def _execute_ray(cfg: BuildConfig, tasks: list[ShardTask], on_result) -> None:
     """Run shards as Ray tasks; Ray itself reruns a task whose worker or node died."""
     import ray
 
+    from . import shards
+
     out = cfg.out if "://" in cfg.out else os.path.abspath(cfg.out)  # a job's workers start elsewhere
     started = not ray.is_initialized()
+    init = _ray_init_kwargs(cfg)
     if started:
-        ray.init(**_ray_init_kwargs(cfg))
+        ray.init(**init)
     pending: dict = {}
     try:
         opts, device = _ray_task_options(cfg, ray.nodes())
+        if "num_gpus" in opts and init["address"] == "local" and not ray.cluster_resources().get("GPU"):
+            # a private Ray has no autoscaler: GPU tasks would wait forever
+            raise ValueError(f"device {cfg.device!r} requested but no CUDA GPU is visible")
         remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(run_shard).options(**opts)
         for t in tasks:
-            if _shard_done(out, t):  # checked here, not in a task: resuming starts no workers
+            if shards.exists(out, t.path):  # checked here, not in a task: resuming starts no workers
                 on_result(t, run_shard(t, out))
             else:
                 pending[remote.remote(t, out, device, cfg.batch, opts["num_cpus"])] = t
@@ -304,12 +329,6 @@ def _execute_ray(cfg: BuildConfig, tasks: list[ShardTask], on_result) -> None:
     finally:
         if started:
             ray.shutdown()
-
-
-def _shard_done(out: str, task: ShardTask) -> bool:
-    from . import shards
-
-    return shards.exists(out, task.path)
 
 
 def build(cfg: BuildConfig, command: str = "") -> dict:
@@ -377,7 +396,7 @@ def summary(manifest: dict, out: str) -> str:
         rate = toks / p["seconds"] if p["seconds"] else float("nan")
         splits = ", ".join(f"{k} {v['rows']:,}" for k, v in p["splits"].items())
         lines.append(f"  {name:<28} rows {rows:>10,} ({splits})  tokens {toks:>13,}  "
-                     f"acceptance {p['acceptance_rate']:.1%}  {rate / 1e6:.2f}M tok/s per worker")
+                     f"acceptance {p['acceptance_rate']:.1%}  {_tok_rate(rate)} per worker")
     lines.append(f"  data: {out}/data/<config>/<split>-*.parquet   manifest: {out}/ncagen.json   "
                  f"card: {out}/README.md")
     return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Resume after a crash: SIGKILL a Ray build (driver, embedded Ray and workers) part-way, run the
+same command again, and get byte for byte the dataset of an uninterrupted build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ARGS = ["--rows", "1600", "--shard-rows", "200", "--seq-len", "380"]  # 8 shards
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session `sid` (Ray workers leave our process group, not our session)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def reap_session(sid: int, wait: float = 30.0) -> list[int]:
+    """Wait for session `sid` to die out; SIGKILL and return the pids still alive after `wait`."""
+    deadline = time.monotonic() + wait
+    while session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = session_pids(sid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def shards_of(out: pathlib.Path) -> dict[str, os.stat_result]:
+    return {str(p.relative_to(out)): p.stat() for p in out.glob("data/*/*.parquet")}
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def ray_env(tmp_path):
+    """Environment for a build with its own embedded Ray: private temp dir and auth token."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # socket paths must be short
+    env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    yield env
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_killed_build_resumes_to_the_uninterrupted_dataset(tmp_path, ray_env):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ncagen.build", *ARGS, "--out", str(out), "--executor", "ray"]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, cwd=tmp_path, env=ray_env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not shards_of(out) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+        os.killpg(first.pid, signal.SIGKILL)  # the driver, its raylet/GCS and what they started
+        first.wait()
+    finally:
+        stragglers = reap_session(first.pid)
+    assert not stragglers, f"Ray processes outlived their driver: {stragglers}"
+    before = shards_of(out)
+    assert 1 <= len(before) < 8, "the kill did not land part-way"
+    assert json.loads((out / "ncagen.json").read_text())["complete"] is False
+
+    second = subprocess.Popen(cmd, cwd=tmp_path, env=ray_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = second.communicate(timeout=300)
+    finally:
+        second.kill()
+        stragglers = reap_session(second.pid)
+    assert second.returncode == 0, err
+    assert not stragglers, f"Ray processes outlived a finished build: {stragglers}"
+    assert "[ncagen] 8/8 shards  1,600/1,600 rows" in err
+    after = shards_of(out)
+    assert len(after) == 8 and not list(out.rglob("*.tmp"))
+    for rel, st in before.items():  # a finished shard is never rewritten
+        assert (after[rel].st_ino, after[rel].st_mtime_ns) == (st.st_ino, st.st_mtime_ns), rel
+    manifest = json.loads((out / "ncagen.json").read_text())
+    assert manifest["complete"] is True
+    assert {rel: s["sha256"] for rel, s in manifest["shards"].items()} == {
+        rel: sha256(out / rel) for rel in after}
+
+    from ncagen.build import main
+
+    ref = tmp_path / "ref"
+    assert main([*ARGS, "--out", str(ref), "--executor", "local"]) == 0
+    assert shards_of(ref).keys() == after.keys()
+    assert all(sha256(ref / rel) == sha256(out / rel) for rel in after)
+
+    # the same directory with another config is refused, and nothing in it changes
+    res = subprocess.run([*cmd, "--seed", "1"], cwd=tmp_path, env=ray_env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "--overwrite" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert shards_of(out) == after

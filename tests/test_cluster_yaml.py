@@ -1,0 +1,56 @@
+"""ray_cluster.yaml is a valid cluster-launcher config for the installed Ray, of the shape the
+build expects: a CPU-only head and autoscaling GPU workers that install ncagen."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+
+ray = pytest.importorskip("ray")
+yaml = pytest.importorskip("yaml")
+jsonschema = pytest.importorskip("jsonschema")
+
+
+@pytest.fixture(scope="module")
+def config(repo_root) -> dict:
+    return yaml.safe_load((repo_root / "ray_cluster.yaml").read_text())
+
+
+def test_passes_rays_own_validation(config):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))  # with the AWS defaults filled in
+
+
+def test_schema_rejects_a_misspelt_key(config):
+    """The check above has teeth: the same schema refuses an unknown field."""
+    import ray.autoscaler
+
+    with open(os.path.join(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json")) as f:
+        schema = json.load(f)
+    jsonschema.validate(config, schema)
+    bad = copy.deepcopy(config)
+    bad["available_node_types"]["gpu_worker"]["min_worker"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_cpu_head_autoscaling_gpu_workers_install_ncagen(config, repo_root):
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert config["provider"]["type"] == "aws"
+    assert head["resources"] == {"CPU": 0}  # shard tasks never land on the head
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert len(workers) == 1
+    gpu = workers[0]
+    assert gpu["node_config"]["InstanceType"].startswith(("g4dn", "g5", "g6", "p3", "p4", "p5"))
+    assert 0 <= gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
+    assert config["idle_timeout_minutes"] > 0
+    assert "gpu" in config["docker"]["worker_image"]
+    # the checkout is synced to every node and pip-installed there
+    (remote, local), = config["file_mounts"].items()
+    assert (repo_root / local / "pyproject.toml").exists()
+    assert any("pip install" in c and remote in c for c in config["setup_commands"])

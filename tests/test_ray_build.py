@@ -1,0 +1,260 @@
+"""The Ray build on a real local Ray cluster: a job sent with `ray job submit`, and a worker
+killed in the middle of a shard (Ray reruns the task).
+
+The module starts one cluster on 127.0.0.1 (2 CPUs, its own temp dir and auth token) in a new
+session, and tears it down by killing that session's processes, never anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("ray")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+SMALL = ["--seq-len", "380"]
+
+
+# processes -----------------------------------------------------------------------------------
+def processes() -> dict[int, tuple[int, int]]:
+    """{pid: (parent pid, session id)} of every live process."""
+    out = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+        if fields[0] != "Z":
+            out[int(entry)] = (int(fields[1]), int(fields[3]))
+    return out
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session `sid` (Ray's workers leave our process group, not our session)."""
+    return [pid for pid, (_, s) in processes().items() if s == sid]
+
+
+def child_sessions(sid: int) -> set[int]:
+    """Sessions that processes of session `sid` started (Ray runs each job's driver in one)."""
+    procs = processes()
+    return {s for pid, (ppid, s) in procs.items() if s != sid and procs.get(ppid, (0, 0))[1] == sid}
+
+
+def kill_session(sid: int, grace: float = 5.0) -> None:
+    """SIGTERM the process group `sid` leads, then SIGKILL whatever of its session is left."""
+    try:
+        os.killpg(sid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for _ in range(50):
+        left = session_pids(sid)
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"processes of session {sid} survived SIGKILL: {session_pids(sid)}")
+
+
+def shard_workers(sid: int) -> list[int]:
+    """Pids of Ray workers of session `sid` that are running a shard task right now."""
+    pids = []
+    for pid in session_pids(sid):
+        try:
+            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmd.startswith(b"ray::run_shard"):
+            pids.append(pid)
+    return pids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# the cluster ---------------------------------------------------------------------------------
+class Cluster:
+    """A local Ray cluster: its dashboard URL, its session id, the environment to talk to it."""
+
+    def __init__(self, dashboard: str, sid: int, env: dict, temp_dir: pathlib.Path):
+        self.dashboard, self.sid, self.env, self.temp_dir = dashboard, sid, env, temp_dir
+
+    def submit(self, build_args: list[str], job_id: str, **popen) -> subprocess.Popen:
+        """`ray job submit` the build (the repository as working dir); waits for the job's end."""
+        cmd = [*RAY, "job", "submit", "--address", self.dashboard, "--submission-id", job_id,
+               "--working-dir", str(REPO), "--", "python", "-m", "ncagen.build", *build_args]
+        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, **popen)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until the node's job agent takes jobs (`ray start` returns before it registers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            res = subprocess.run([*RAY, "job", "submit", "--address", self.dashboard, "--",
+                                  "python", "-c", "pass"], env=self.env, capture_output=True, text=True)
+            if res.returncode == 0:
+                return
+            assert "No available agent" in res.stdout + res.stderr, res.stdout + res.stderr
+            assert time.monotonic() < deadline, "the Ray job agent never came up"
+            time.sleep(1.0)
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run([*RAY, *args], env=self.env, capture_output=True, text=True,
+                              check=True, timeout=120).stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ray")
+    # Ray's unix sockets live under the temp dir and their paths must stay under ~107 bytes
+    temp_dir = base if len(str(base)) <= 40 else pathlib.Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    port, dash = free_port(), free_port()
+    # every fixed default port too, so another Ray on this machine cannot collide with ours
+    ports = [f"--{name}-port={free_port()}" for name in (
+        "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
+        "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.Popen(
+        [*RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+         "--num-cpus=2", "--num-gpus=0", "--object-store-memory=200000000",
+         *ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        log, _ = start.communicate(timeout=180)
+        assert start.returncode == 0, log
+        c = Cluster(f"http://127.0.0.1:{dash}", start.pid, env, temp_dir)
+        c.wait_ready()
+        yield c
+    finally:
+        if start.poll() is None:
+            start.kill()
+        for job_driver in child_sessions(start.pid):
+            kill_session(job_driver)
+        kill_session(start.pid)
+        if temp_dir != base:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_job(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0 and "succeeded" in out, out
+    return out
+
+
+# checks --------------------------------------------------------------------------------------
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_dataset(out: pathlib.Path, parts: dict[str, dict[str, int]], shard_rows: int) -> dict:
+    """Files, rows, columns, checksums and embedded metadata of a finished build; its manifest."""
+    manifest = json.loads((out / "ncagen.json").read_text())
+    assert manifest["complete"] is True
+    expected = set()
+    for name, splits in parts.items():
+        for split, rows in splits.items():
+            n = -(-rows // shard_rows)
+            expected |= {f"data/{name}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)}
+    on_disk = {str(p.relative_to(out)) for p in (out / "data").rglob("*") if p.is_file()}
+    assert on_disk == expected  # every shard exactly once, no temp files left behind
+    assert not list(out.rglob("*.tmp"))
+    assert set(manifest["shards"]) == expected
+    for rel, entry in manifest["shards"].items():
+        path = out / rel
+        assert entry["sha256"] == sha256(path), rel
+        assert entry["bytes"] == path.stat().st_size
+        f = pq.ParquetFile(path)
+        table = f.read(columns=["band", "states", "input_ids"])
+        name = rel.split("/")[1]
+        assert entry["rows"] == f.metadata.num_rows == table.num_rows
+        assert set(table.column("band").to_pylist()) == {name}
+        assert set(table.column("states").to_pylist()) == {manifest["partitions"][name]["states"]}
+        # only deterministic values in the file: a rebuilt shard is byte-identical
+        meta = f.metadata.metadata
+        assert set(meta) == {b"ARROW:schema", b"ncagen.shard"}
+        stats = json.loads(meta[b"ncagen.shard"])
+        assert not {"seconds", "time", "timestamp", "host", "pid"} & set(stats), stats
+    for name, splits in parts.items():
+        got = {s: v["rows"] for s, v in manifest["partitions"][name]["splits"].items()}
+        assert got == {s: r for s, r in splits.items() if r}
+    return manifest
+
+
+# tests ---------------------------------------------------------------------------------------
+def test_job_builds_two_partitions_like_the_local_executor(cluster, tmp_path):
+    out = tmp_path / "ray"
+    args = ["--band", "0.5-1.0", "--band", "0.3-0.4", "--rows", "300", "--val-rows", "50",
+            "--shard-rows", "150", *SMALL, "--out", str(out)]
+    log = wait_job(cluster.submit(args, f"ncagen-{secrets.token_hex(4)}"))
+    assert "[ncagen] 6/6 shards  700/700 rows" in log
+    assert "band_30_40" in log and "built" in log  # the end-of-build summary
+    parts = {name: {"train": 300, "validation": 50} for name in ("band_50_100", "band_30_40")}
+    manifest = check_dataset(out, parts, 150)
+    assert manifest["command"].startswith("python -m ncagen.build")
+
+    from ncagen.build import main
+
+    local = tmp_path / "local"
+    assert main([*args[:-1], str(local), "--executor", "local"]) == 0
+    for rel in manifest["shards"]:  # two workers, any finish order: the same bytes as one process
+        assert sha256(out / rel) == sha256(local / rel), rel
+
+
+def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
+    out = tmp_path / "out"
+    args = ["--rows", "800", "--shard-rows", "200", *SMALL, "--out", str(out)]
+    job = f"ncagen-{secrets.token_hex(4)}"
+    proc = cluster.submit(args, job)
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        writing = list(out.rglob("*.tmp")) if out.exists() else []
+        workers = shard_workers(cluster.sid) if writing else []
+        if workers:
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    assert killed is not None, "never saw a worker writing a shard"
+    log = wait_job(proc)
+    check_dataset(out, {"band_50_100": {"train": 800}}, 200)
+    assert "[ncagen] 4/4 shards  800/800 rows" in log
+    # Ray saw the attempt die and ran the shard again (task events arrive asynchronously)
+    for _ in range(20):
+        tasks = json.loads(cluster.cli("list", "tasks", "--address", cluster.dashboard, "--detail",
+                                       "--format", "json", "--limit", "10000",
+                                       "--filter", "func_or_class_name=run_shard"))
+        attempts = [t for t in tasks if t.get("worker_pid") == killed]
+        retried = {t["task_id"] for t in tasks if t["attempt_number"] > 0 and t["state"] == "FINISHED"}
+        if attempts and {t["task_id"] for t in attempts} <= retried:
+            break
+        time.sleep(0.5)
+    assert attempts and all(t["state"] == "FAILED" for t in attempts), attempts
+    assert {t["task_id"] for t in attempts} <= retried
