@@ -9,14 +9,12 @@ release the GIL, so every core works.
 
 from __future__ import annotations
 
-import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import numpy as np
 
 from .config import NCAConfig
+from .threads import default_workers, pool
 from .tokens import from_sequence
 
 
@@ -31,14 +29,6 @@ def ratio_bytes(patch_tokens: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(patch_tokens, dtype="<i4").reshape(B, width).view(np.uint8)
 
 
-@lru_cache(maxsize=None)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ncagen-zip")
-
-
-def default_workers() -> int:
-    """Threads for compression: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _map_rows(fn, raw: np.ndarray, workers: int) -> np.ndarray:
@@ -48,7 +38,7 @@ def _map_rows(fn, raw: np.ndarray, workers: int) -> np.ndarray:
         return np.zeros(0, np.int64)
     chunks = np.array_split(np.arange(B), min(workers, B))
     work = lambda idx: [fn(raw[i].tobytes()) for i in idx]  # noqa: E731
-    parts = list(_pool(workers).map(work, chunks)) if workers > 1 else [work(chunks[0])]
+    parts = list(pool(workers, "ncagen-zip").map(work, chunks)) if workers > 1 else [work(chunks[0])]
     return np.array([s for part in parts for s in part], np.int64)
 
 
@@ -59,7 +49,7 @@ def gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | None = 
     return (sizes / raw.shape[1]).astype(np.float32)
 
 
-def zstd_ratios(patch_tokens: np.ndarray, level: int = 19, workers: int | None = None) -> np.ndarray:
+def zstd_ratios(patch_tokens: np.ndarray, level: int = 3, workers: int | None = None) -> np.ndarray:
     """zstd ratio (one frame, default parameters at `level`) of each row, float32."""
     import zstandard
 

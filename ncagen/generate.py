@@ -16,12 +16,14 @@ import numpy as np
 
 from . import complexity, rng
 from .config import Band, NCAConfig
-from .rollout import advance, init_state, noise_keys
+from .rollout import advance, cpu_threads, init_state, noise_keys
 from .rules import sample_rules
+from .threads import pool
 from .tokens import encode_grids, to_sequence
 
 DEFAULT_BATCH = 2048
 SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before giving up
+SLICES_PER_THREAD = 4  # candidate slices per CPU thread in make_rows
 
 
 class BandUnreachable(RuntimeError):
@@ -63,7 +65,7 @@ def _params_for(rule_seeds: np.ndarray, cfg: NCAConfig):
 
 
 def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, grids: int,
-                   device: str = "cpu", start=None):
+                   device: str = "cpu", start=None, threads: int | None = None):
     """Roll candidates out and return (patch tokens (B, grids, P), final state, params).
 
     With `start=(params, state, t, done)` the rollout continues from a previous call that
@@ -74,56 +76,106 @@ def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, gri
         params, state, t0, done = _params_for(rule_seeds, cfg), init_state(rule_seeds, sims, cfg), 0, 0
     else:
         params, state, t0, done = start
-    out = np.zeros((B, grids - done, G, G), np.uint8)
+    out = np.empty((B, grids - done, G, G), np.uint8)
     t1 = cfg.record_time(grids - 1)
     state = advance(params, state, noise_keys(rule_seeds, sims), t0, t1, cfg, out,
-                    rec_offset=done, device=device)
+                    rec_offset=done, device=device, threads=threads)
     return encode_grids(out, cfg.states, cfg.patch), state, params
 
 
 def make_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
-              device: str = "cpu", stats: ShardStats | None = None) -> dict:
-    """Generate candidates, keep those whose gzip ratio lies in the band, return their columns."""
-    R, K = cfg.ratio_grids, cfg.grids_per_sequence
-    head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device)  # (B, R, P)
-    ratios = complexity.gzip_ratios(head, cfg.gzip_level)
-    keep = np.flatnonzero((ratios > band.lo) & (ratios < band.hi))
+              device: str = "cpu", stats: ShardStats | None = None,
+              threads: int | None = None) -> dict:
+    """Generate candidates, keep those whose gzip ratio lies in the band, return their columns.
+
+    On the CPU the candidates are split into consecutive slices worked through by `threads`
+    threads (default: the rollout's thread count); the rows come back in candidate order.
+    """
+    if device == "cpu":
+        threads = max(1, min(threads or cpu_threads(), len(rule_seeds)))
+    else:
+        threads = 1
+    if threads == 1:
+        cols, ratios = _filtered_rows(cfg, band, rule_seeds, sims, device,
+                                      1 if device == "cpu" else None)
+    else:  # a few slices per thread, so that no thread idles while the last one finishes
+        params = _params_for(rule_seeds, cfg)  # one call for the batch: torch is threaded itself
+        slices = min(len(rule_seeds), SLICES_PER_THREAD * threads)
+        cuts = [len(rule_seeds) * k // slices for k in range(slices + 1)]
+
+        def work(lo: int, hi: int):
+            return _filtered_rows(cfg, band, rule_seeds[lo:hi], sims[lo:hi], device, 1,
+                                  params.subset(slice(lo, hi)))
+
+        parts = list(pool(threads, "ncagen-rows").map(work, cuts[:-1], cuts[1:]))
+        cols = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+        ratios = np.concatenate([p[1] for p in parts])
     if stats is not None:
-        stats.add(ratios, len(keep))
+        stats.add(ratios, len(cols["rule_seed"]))
+    return cols
+
+
+def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
+                   device: str, threads: int | None, params=None) -> tuple[dict, np.ndarray]:
+    """make_rows on one slice of candidates: (columns of the kept rows, every candidate's ratio)."""
+    R, K = cfg.ratio_grids, cfg.grids_per_sequence
+    start = None if params is None else (params, init_state(rule_seeds, sims, cfg), 0, 0)
+    head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device, start=start,
+                                         threads=threads)  # (B, R, P)
+    ratios = complexity.gzip_ratios(head, cfg.gzip_level, workers=threads)
+    keep = np.flatnonzero((ratios > band.lo) & (ratios < band.hi))
     head, seeds, sm = head[keep], rule_seeds[keep], sims[keep]
-    if K > R and len(keep):
-        tail, _, _ = rollout_tokens(cfg, seeds, sm, K, device,
+    if not len(keep):
+        input_ids = np.zeros((0, cfg.seq_len), np.int32)
+    elif K > R:
+        tail, _, _ = rollout_tokens(cfg, seeds, sm, K, device, threads=threads,
                                     start=(params.subset(keep), state[keep], cfg.record_time(R - 1), R))
-        patches = np.concatenate([head, tail], axis=1)
-    else:  # nothing accepted, or the ratio grids fill the whole sequence
-        patches = np.zeros((len(keep), K, head.shape[2]), head.dtype) if K > R else head
+        input_ids = to_sequence(np.concatenate([head, tail], axis=1), cfg)
+    else:
+        input_ids = to_sequence(head, cfg)
     return {
-        "input_ids": to_sequence(patches, cfg),
+        "input_ids": input_ids,
         "gzip_ratio": ratios[keep],
-        "zstd_ratio": complexity.zstd_ratios(head, cfg.zstd_level),
+        "zstd_ratio": complexity.zstd_ratios(head, cfg.zstd_level, workers=threads),
         "rule_seed": seeds,
         "sim": sm.astype(np.int32),
-    }
+    }, ratios
 
 
 def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str = "cpu",
              batch: int = DEFAULT_BATCH, stats: ShardStats | None = None) -> Iterator[dict]:
-    """Yield column batches of a shard's first `rows` accepted candidates, in candidate order."""
+    """Yield column batches of a shard's first `rows` accepted candidates, in candidate order.
+
+    While the caller handles one batch (say, writes it to Parquet) the next one, when it is
+    certainly needed, is already being generated in the background.
+    """
     stats = stats if stats is not None else ShardStats()
-    done, start = 0, 0
-    while done < rows:
+    threads = cpu_threads() if device == "cpu" else None  # numba's count is per thread: read here
+
+    def submit(start: int):
         seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
-        start += batch
-        cols = make_rows(cfg, band, seeds, sims, device, stats)
-        take = min(rows - done, len(cols["rule_seed"]))
-        if take:
+        return pool(1, "ncagen-batch").submit(make_rows, cfg, band, seeds, sims, device, stats,
+                                               threads)
+
+    done, start, pending = 0, batch, submit(0) if rows > 0 else None
+    try:
+        while pending is not None:
+            cols = pending.result()
+            take = min(rows - done, len(cols["rule_seed"]))
             done += take
-            yield {k: v[:take] for k, v in cols.items()}
-        if stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT:
-            raise BandUnreachable(
-                f"band {band} looks unreachable for states={cfg.states}: {stats.candidates} random "
-                f"rules gave gzip ratios in [{stats.ratio_min:.3f}, {stats.ratio_max:.3f}], "
-                f"none strictly inside ({band.lo:g}, {band.hi:g})")
+            unreachable = stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT
+            pending = submit(start) if done < rows and not unreachable else None
+            start += batch
+            if take:
+                yield {k: v[:take] for k, v in cols.items()}
+            if unreachable:
+                raise BandUnreachable(
+                    f"band {band} looks unreachable for states={cfg.states}: {stats.candidates} "
+                    f"random rules gave gzip ratios in [{stats.ratio_min:.3f}, "
+                    f"{stats.ratio_max:.3f}], none strictly inside ({band.lo:g}, {band.hi:g})")
+    finally:
+        if pending is not None:  # the caller stopped early: let the batch finish unseen
+            pending.cancel()
     stats.extra["candidates_per_row"] = stats.candidates / max(rows, 1)
 
 

@@ -8,13 +8,21 @@ probability below n * exp(-NEAR_TIE), far beneath anything measurable. The noise
 step t is a counter-based draw keyed by the row's own seed, so a row never depends on its batch.
 
 Two engines compute the same arithmetic in the same order (so they agree bit for bit):
-- `_advance_numba`: a fused per-row loop compiled by numba, for the CPU (fast, both cores);
+- `_numba_kernel`: a per-row loop compiled by numba for one network shape, for the CPU; the
+  rows of a batch are shared out over threads (the kernel releases the GIL);
 - `_advance_torch`: batched elementwise torch ops, for CUDA (or any torch device).
+Both sum the 3x3 conv one window row at a time, h1 = ((b1 + r_top) + r_mid) + r_bottom with
+r = (T[left] + T[centre]) + T[right], so the CPU engine can look each row's sum up in a per-rule
+table indexed by the row's three states (3 lookups per channel instead of 9). The CPU engine
+also skips work that cannot change the outcome: a grid that maps to itself with no near-tie
+cell is fixed forever (later grids are copies), and a near-tie cell draws noise only for the
+states within NEAR_TIE * tau of its best logit (no Gumbel draw here exceeds another by 41).
 `reference_logits` is the spec's network written with conv2d, for tests.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -22,21 +30,25 @@ import numpy as np
 
 from . import rng
 from .config import NCAConfig
-from .rules import RuleParams
+from .rules import RuleParams, uniforms
+from .threads import pool
 
 NEAR_TIE = 60.0  # in units of tau; exp(-60) ~ 1e-26
+TRIPLE_TABLE_STATES = 16  # up to this alphabet the CPU engine tabulates whole row triples
 
 
 def init_state(rule_seeds: np.ndarray, sims: np.ndarray, cfg: NCAConfig) -> np.ndarray:
     """Initial grids (B, G, G) uint8: z ~ N(0, I_n), cells i.i.d. ~ Categorical(softmax(z))."""
     n, G = cfg.states, cfg.grid
     keys = rng.derive_many(np.asarray(rule_seeds, np.int64), rng.STREAM_INIT, np.asarray(sims))
-    u = rng.uniform(keys[:, None], np.arange(2 * n + G * G)[None, :])  # (B, 2n + G*G)
+    u = uniforms(keys, 2 * n + G * G)  # (B, 2n + G*G), as rng.uniform draws them
     z = np.sqrt(-2.0 * np.log(u[:, :n])) * np.cos(2.0 * np.pi * u[:, n:2 * n])  # Box-Muller
     p = np.exp(z - z.max(axis=1, keepdims=True))
     cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)  # (B, n)
-    cells = (u[:, 2 * n:, None] > cdf[:, None, :-1]).sum(axis=2)  # (B, G*G)
-    return cells.astype(np.uint8).reshape(-1, G, G)
+    cells = np.zeros((len(keys), G * G), np.uint8)
+    for k in range(n - 1):  # a cell's state = how many cdf steps its uniform exceeds
+        cells += u[:, 2 * n:] > cdf[:, k:k + 1]
+    return cells.reshape(-1, G, G)
 
 
 def noise_keys(rule_seeds: np.ndarray, sims: np.ndarray) -> np.ndarray:
@@ -57,22 +69,37 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cpu_threads() -> int:
+    """Threads the CPU engine uses by default: numba's thread count (the build caps it)."""
+    return numba.get_num_threads()
+
+
 def advance(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1: int,
-            cfg: NCAConfig, out: np.ndarray, rec_offset: int = 0, device: str = "cpu") -> np.ndarray:
+            cfg: NCAConfig, out: np.ndarray, rec_offset: int = 0, device: str = "cpu",
+            threads: int | None = None) -> np.ndarray:
     """Step grids from time t0 to t1, writing each recorded grid s_t into `out`.
 
     state: (B, G, G) uint8 grids at time t0; returns the grids at t1.
     out: (B, K, G, G) uint8; s_t with t = burn_in + k*dt lands in out[:, k - rec_offset]
-    when that index is in range.
+    when that index is in range. On the CPU, rows are split over `threads` threads
+    (default `cpu_threads()`).
     """
     state = np.ascontiguousarray(state, np.uint8)
     tau = float(cfg.temperature)
     thr = np.float32(NEAR_TIE * tau)
     if device == "cpu":
         state = state.copy()
-        _advance_numba(params.offset_table(), params.b1, params.w2, params.b2, params.w3,
-                       params.b3, state, np.asarray(keys, np.uint64), t0, t1, cfg.burn_in, cfg.dt,
-                       rec_offset, out, tau, thr, np.float32(cfg.identity_bias))
+        kernel = _numba_kernel(cfg.states, params.b1.shape[1], params.b2.shape[1], cfg.grid)
+        args = (params.offset_table(), params.b1, params.w2, params.b2, params.w3, params.b3, state,
+                np.asarray(keys, np.uint64), t0, t1, cfg.burn_in, cfg.dt, rec_offset, out, tau,
+                thr, np.float32(cfg.identity_bias))
+        B = state.shape[0]
+        threads = max(1, min(threads or cpu_threads(), B))
+        if threads == 1:
+            kernel(*args, 0, B)
+        else:  # the kernel releases the GIL, so plain threads share the rows out
+            cuts = [B * k // threads for k in range(threads + 1)]
+            list(pool(threads, "ncagen-rollout").map(lambda lo, hi: kernel(*args, lo, hi), cuts[:-1], cuts[1:]))
         return state
     return _advance_torch(params, state, keys, t0, t1, cfg, out, rec_offset, device)
 
@@ -87,115 +114,139 @@ def _uniform_nb(key, ctr):
     return (np.float64(z >> np.uint64(11)) + 0.5) * 1.1102230246251565e-16
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _advance_numba(T1, b1, W2, b2, W3, b3, state, keys, t0, t1, burn_in, dt, rec_offset, out,
-                   tau, thr, ibias):  # pragma: no cover - compiled
-    B, G = state.shape[0], state.shape[1]
-    nbr = np.empty((9, G * G), np.int64)
-    for y in range(G):
-        for x in range(G):
-            o = 0
-            for dy in range(-1, 2):
-                for dx in range(-1, 2):
-                    nbr[o, y * G + x] = ((y + dy + G) % G) * G + (x + dx + G) % G
-                    o += 1
-    for b in numba.prange(B):
-        _advance_row(np.ascontiguousarray(T1[b].transpose(0, 2, 1)), b1[b], W2[b], b2[b], W3[b],
-                     b3[b], state[b], keys[b], nbr, t0, t1, burn_in, dt, rec_offset, out[b], tau,
-                     thr, ibias)
+@functools.lru_cache(maxsize=None)
+def _numba_kernel(n: int, C1: int, H: int, G: int):
+    """The CPU engine for one network shape, stepping rows lo..hi-1 of a batch.
 
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _advance_row(Tb, b1, W2, b2, W3, b3, state, key, nbr, t0, t1, burn_in, dt, rec_offset, out,
-                 tau, thr, ibias):  # pragma: no cover - compiled
-    # Every layer is an elementwise loop over the G*G cells (SIMD-friendly); each output still
-    # sums its terms in the torch engine's order, so both engines agree bit for bit.
-    G = state.shape[0]
+    Sizes are compile-time constants, so numba unrolls the short reductions and vectorises
+    the loops over the cells; the loops keep the torch engine's order of every sum.
+    """
     GG = G * G
-    C1, n = Tb.shape[1], Tb.shape[2]
-    H, K = W2.shape[0], out.shape[0]
-    zero = np.float32(0.0)
-    cur = state.copy().reshape(GG)
-    nxt = np.empty(GG, np.uint8)
-    h1 = np.empty((C1, GG), np.float32)
-    h2 = np.empty((H, GG), np.float32)
-    lg = np.empty((n, GG), np.float32)
-    best = np.empty(GG, np.float32)
-    second = np.empty(GG, np.float32)
-    arg = np.empty(GG, np.uint8)
-    nbs = np.empty((9, GG), np.uint8)
-    for t in range(t0, t1 + 1):
-        if t >= burn_in and (t - burn_in) % dt == 0:
-            k = (t - burn_in) // dt - rec_offset
-            if 0 <= k < K:
-                out[k] = cur.reshape(G, G)
-        if t == t1:
-            break
-        for o in range(9):
+    N3 = n ** 3 if n <= TRIPLE_TABLE_STATES else 0  # codes of a row triple; 0 = no table
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def kernel(T1, b1_, W2_, b2_, W3_, b3_, state, keys, t0, t1, burn_in, dt, rec_offset, out,
+               tau, thr, ibias, lo, hi):  # pragma: no cover - compiled
+        zero = np.float32(0.0)
+        K = out.shape[1]
+        tab = np.empty((3, max(N3, 1), C1), np.float32)
+        cur = np.empty(GG, np.uint8)
+        nxt = np.empty(GG, np.uint8)
+        codes = np.empty(GG + 2 * G, np.int32)  # row codes with a wrapped row above and below
+        acc = np.empty(C1, np.float32)
+        h1 = np.empty((C1, GG), np.float32)
+        h2 = np.empty((H, GG), np.float32)
+        lg = np.empty((n, GG), np.float32)
+        best = np.empty(GG, np.float32)
+        second = np.empty(GG, np.float32)
+        arg = np.empty(GG, np.float32)  # the best state, as a float so the scan stays SIMD
+        for b in range(lo, hi):
+            T, b1, W2, b2, W3, b3, key = T1[b], b1_[b], W2_[b], b2_[b], W3_[b], b3_[b], keys[b]
+            # tab[dy, (s0*n + s1)*n + s2, c] = (T[3dy, s0, c] + T[3dy+1, s1, c]) + T[3dy+2, s2, c]
+            for dy in range(3 if N3 else 0):
+                for s0 in range(n):
+                    for s1 in range(n):
+                        for s2 in range(n):
+                            code = (s0 * n + s1) * n + s2
+                            for c in range(C1):
+                                tab[dy, code, c] = ((T[3 * dy, s0, c] + T[3 * dy + 1, s1, c])
+                                                    + T[3 * dy + 2, s2, c])
             for i in range(GG):
-                nbs[o, i] = cur[nbr[o, i]]
-        for c in range(C1):
-            hc = h1[c]
-            bc = b1[c]
-            for i in range(GG):
-                hc[i] = bc
-            for o in range(9):
-                To = Tb[o, c]
-                no = nbs[o]
-                for i in range(GG):
-                    hc[i] = hc[i] + To[no[i]]
-        for j in range(H):
-            hj = h2[j]
-            bj = b2[j]
-            for i in range(GG):
-                hj[i] = bj
-            for c in range(C1):
-                w = W2[j, c]
-                hc = h1[c]
-                for i in range(GG):
-                    hj[i] = hj[i] + w * hc[i]
-            for i in range(GG):
-                hj[i] = max(hj[i], zero)
-        for s in range(n):
-            ls = lg[s]
-            bs = b3[s]
-            for i in range(GG):
-                ls[i] = bs
-            for j in range(H):
-                w = W3[s, j]
-                hj = h2[j]
-                for i in range(GG):
-                    ls[i] = ls[i] + w * hj[i]
-            if ibias != zero:
-                for i in range(GG):
-                    if cur[i] == s:
-                        ls[i] = ls[i] + ibias
-        for i in range(GG):
-            best[i] = lg[0, i]
-            second[i] = -np.inf
-            arg[i] = 0
-        for s in range(1, n):
-            for i in range(GG):
-                v = lg[s, i]
-                if v > best[i]:
-                    second[i] = best[i]
-                    best[i] = v
-                    arg[i] = s
-                elif v > second[i]:
-                    second[i] = v
-        for i in range(GG):
-            if best[i] - second[i] < thr:
-                base = (t * GG + i) * n
-                top = -np.inf
+                cur[i] = state[b, i // G, i % G]
+            frozen = False
+            for t in range(t0, t1 + 1):
+                if t >= burn_in and (t - burn_in) % dt == 0:
+                    k = (t - burn_in) // dt - rec_offset
+                    if 0 <= k < K:
+                        for i in range(GG):
+                            out[b, k, i // G, i % G] = cur[i]
+                if t == t1 or frozen:
+                    continue
+                # layer 1: the 3x3 conv, one horizontal row triple at a time
+                for y in range(G):
+                    r = y * G
+                    for x in range(G):
+                        xl = x - 1 if x > 0 else G - 1
+                        xr = x + 1 if x < G - 1 else 0
+                        codes[G + r + x] = ((np.int32(cur[r + xl]) * n + np.int32(cur[r + x])) * n
+                                            + np.int32(cur[r + xr]))
+                for x in range(G):
+                    codes[x] = codes[GG + x]
+                    codes[GG + G + x] = codes[G + x]
+                if N3:
+                    for i in range(GG):
+                        a, m, d = codes[i], codes[i + G], codes[i + 2 * G]
+                        for c in range(C1):
+                            h1[c, i] = ((b1[c] + tab[0, a, c]) + tab[1, m, c]) + tab[2, d, c]
+                else:
+                    for i in range(GG):
+                        for c in range(C1):
+                            acc[c] = b1[c]
+                        for dy in range(3):
+                            cd = codes[i + dy * G]
+                            s0, s1, s2 = cd // (n * n), (cd // n) % n, cd % n
+                            for c in range(C1):
+                                acc[c] = acc[c] + ((T[3 * dy, s0, c] + T[3 * dy + 1, s1, c])
+                                                   + T[3 * dy + 2, s2, c])
+                        for c in range(C1):
+                            h1[c, i] = acc[c]
+                # layer 2 + ReLU
+                for j in range(H):
+                    for i in range(GG):
+                        v = b2[j]
+                        for c in range(C1):
+                            v = v + W2[j, c] * h1[c, i]
+                        h2[j, i] = v if v > zero else zero
+                # layer 3 with the identity bias, keeping each cell's two best logits
                 for s in range(n):
-                    u = _uniform_nb(key, base + s)
-                    zs = np.float64(lg[s, i]) / tau - math.log(-math.log(u))
-                    if zs > top:
-                        top = zs
-                        arg[i] = s
-            nxt[i] = arg[i]
-        cur, nxt = nxt, cur
-    state[:] = cur.reshape(G, G)
+                    sf = np.float32(s)
+                    for i in range(GG):
+                        v = b3[s]
+                        for j in range(H):
+                            v = v + W3[s, j] * h2[j, i]
+                        lg[s, i] = v
+                    if ibias != zero:
+                        for i in range(GG):
+                            if cur[i] == s:
+                                lg[s, i] = lg[s, i] + ibias
+                    if s == 0:
+                        for i in range(GG):
+                            best[i] = lg[0, i]
+                            second[i] = -np.inf
+                            arg[i] = zero
+                    else:
+                        for i in range(GG):
+                            v, bi = lg[s, i], best[i]
+                            second[i] = max(second[i], min(bi, v))
+                            best[i] = max(bi, v)
+                            arg[i] = sf if v > bi else arg[i]
+                ties = False
+                for i in range(GG):
+                    if best[i] - second[i] < thr:
+                        ties = True
+                        base = (t * GG + i) * n
+                        top = -np.inf
+                        for s in range(n):
+                            # a state more than thr below the best cannot win: its Gumbel lead
+                            # would need > 41 (the most our uniforms allow), so skip its draw
+                            if best[i] - lg[s, i] >= thr:
+                                continue
+                            u = _uniform_nb(key, base + s)
+                            zs = np.float64(lg[s, i]) / tau - math.log(-math.log(u))
+                            if zs > top:
+                                top = zs
+                                arg[i] = np.float32(s)
+                moved = 0
+                for i in range(GG):
+                    nxt[i] = np.uint8(arg[i])
+                    moved += nxt[i] != cur[i]
+                # a grid that maps to itself with no near-tie draw stays fixed from now on
+                frozen = moved == 0 and not ties
+                cur, nxt = nxt, cur
+            for i in range(GG):
+                state[b, i // G, i % G] = cur[i]
+
+    return kernel
 
 
 # torch engine ------------------------------------------------------------------------------
@@ -232,8 +283,9 @@ def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: 
             break
         nb = cur[:, nbr]  # (B, GG, 9)
         h1 = b1[:, None, :].expand(B, GG, C1)
-        for o in range(9):
-            h1 = h1 + T1[rows, o, nb[:, :, o]]  # (B, GG, C1)
+        for o in (0, 3, 6):  # one row of the 3x3 window at a time, as the CPU engine's table
+            row = T1[rows, o, nb[:, :, o]] + T1[rows, o + 1, nb[:, :, o + 1]]
+            h1 = h1 + (row + T1[rows, o + 2, nb[:, :, o + 2]])  # (B, GG, C1)
         h2 = b2[:, None, :].expand(B, GG, H)
         for c in range(C1):
             h2 = h2 + W2[:, None, :, c] * h1[:, :, c, None]

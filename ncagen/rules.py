@@ -9,6 +9,7 @@ its seed, whatever batch it is sampled in.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -58,13 +59,37 @@ def _truncated_normal(u: np.ndarray) -> np.ndarray:
     return torch.special.ndtri(torch.from_numpy(lo + u * (hi - lo))).numpy()
 
 
+def uniforms(keys: np.ndarray, count: int) -> np.ndarray:
+    """rng.uniform(keys[:, None], arange(count)[None, :]) as (B, count) float64, compiled."""
+    return _uniform_kernel()(np.asarray(keys, np.uint64), int(count))
+
+
+@functools.lru_cache(maxsize=None)
+def _uniform_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def draw(keys, count):  # pragma: no cover - compiled
+        out = np.empty((keys.shape[0], count), np.float64)
+        for b in range(keys.shape[0]):
+            for c in range(count):
+                z = keys[b] + (np.uint64(c) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                z = z ^ (z >> np.uint64(31))
+                out[b, c] = (np.float64(z >> np.uint64(11)) + 0.5) * 1.1102230246251565e-16
+        return out
+
+    return draw
+
+
 def sample_rules(rule_seeds: np.ndarray, cfg: NCAConfig) -> RuleParams:
     """Draw one rule per seed: truncated LeCun-normal weights, zero biases."""
     keys = rng.derive_many(np.asarray(rule_seeds, np.int64), rng.STREAM_PARAMS)  # (B,)
     B, n, C1, H = len(keys), cfg.states, cfg.conv_channels, cfg.hidden
     shapes = [((C1, n, 3, 3), 9 * n), ((H, C1), C1), ((n, H), H)]
     total = sum(int(np.prod(s)) for s, _ in shapes)
-    t = _truncated_normal(rng.uniform(keys[:, None], np.arange(total)[None, :]))  # (B, total)
+    t = _truncated_normal(uniforms(keys, total))  # (B, total)
     weights, start = [], 0
     for shape, fan_in in shapes:
         size = int(np.prod(shape))

@@ -128,7 +128,7 @@ class NCAStream(torch.utils.data.IterableDataset):
         return self.rank * workers + worker, self.world_size * workers
 
     def __iter__(self) -> Iterator[dict]:
-        from .complexity import default_workers
+        from .threads import default_workers
         from .rollout import resolve_device
 
         me, consumers = self.consumer()
@@ -154,19 +154,12 @@ def _batch_for(rows: int, batch: int) -> int:
 def _worker_setup(threads: int) -> None:
     """Prepare a DataLoader worker process for generation, `threads` threads of it.
 
-    A forked worker inherits the parent's thread pools without their threads (work submitted to
-    them would wait forever), so they are dropped and rebuilt on demand; and numba gets its own
-    work-queue pool instead of OpenMP, which cannot run in a child forked from a process that
-    used it (torch does).
+    (ncagen.threads drops the thread pools a fork copied.) numba gets its own work-queue pool
+    instead of OpenMP, which cannot run in a child forked from a process that used it (torch
+    does).
     """
     import numba
 
-    from . import complexity, generate, rollout
-
-    for module in (complexity, generate, rollout):
-        pool = getattr(module, "_pool", None)
-        if hasattr(pool, "cache_clear"):
-            pool.cache_clear()
     numba.config.THREADING_LAYER = "workqueue"  # no effect if the parent already started a pool
     _limit_threads(threads)
 
@@ -177,7 +170,7 @@ def _limit_threads(threads: int) -> None:
     import numba
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    os.environ["NCAGEN_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by ncagen.threads.default_workers
 
 
 def stream_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs):
@@ -197,7 +190,7 @@ def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | str, seed: int
                   split: str = "train", device: str = "cpu",
                   batch: int = DEFAULT_BATCH) -> Iterator[dict]:
     """Rows of the given shard indices, in order, for datasets.IterableDataset.from_generator."""
-    from .complexity import default_workers
+    from .threads import default_workers
 
     band = _check(band, rows, shard_rows, seed, split, 0)
     info = torch.utils.data.get_worker_info()

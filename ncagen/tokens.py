@@ -7,6 +7,8 @@ GRID_START, its patch tokens, GRID_END, cut to seq_len. Works on numpy arrays an
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .config import NCAConfig
@@ -20,6 +22,9 @@ def encode_grids(grids, n: int, patch: int):
     """Grids (..., G, G) -> patch tokens (..., (G/p)**2), int64."""
     G = grids.shape[-1]
     q, lead = G // patch, grids.shape[:-2]
+    if isinstance(grids, np.ndarray) and grids.dtype == np.uint8:
+        flat = np.ascontiguousarray(grids).reshape(-1, G, G)
+        return _encode_kernel()(flat, n, patch).reshape(*lead, q * q)
     x = grids.reshape(*lead, q, patch, q, patch)
     x = _permute(x, (*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1, len(lead) + 3))
     x = x.reshape(*lead, q * q, patch * patch)  # (..., P, p*p) cells c_0..c_{p*p-1}
@@ -29,6 +34,30 @@ def encode_grids(grids, n: int, patch: int):
         weights = n ** torch.arange(patch * patch, device=x.device, dtype=torch.int64)
         return (x.long() * weights).sum(-1)
     return (x.astype(np.int64) * (n ** np.arange(patch * patch, dtype=np.int64))).sum(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _encode_kernel():
+    """encode_grids for uint8 grids (M, G, G), compiled (the generator calls it on every grid)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def encode(grids, n, patch):  # pragma: no cover - compiled
+        M, G = grids.shape[0], grids.shape[1]
+        q = G // patch
+        out = np.zeros((M, q * q), np.int64)
+        for m in range(M):
+            for py in range(q):
+                for px in range(q):
+                    tok, w = 0, 1
+                    for dy in range(patch):
+                        for dx in range(patch):
+                            tok += np.int64(grids[m, py * patch + dy, px * patch + dx]) * w
+                            w *= n
+                    out[m, py * q + px] = tok
+        return out
+
+    return encode
 
 
 def decode_grids(tokens, n: int, patch: int, grid: int) -> np.ndarray:

@@ -1,0 +1,30 @@
+"""Thread pools shared by the generator's stages (rollout, rows, compression), fork-safe.
+
+numba kernels, zlib and zstandard release the GIL, so plain threads keep every core busy. A
+process forked from one that used a pool (a DataLoader worker) inherits the pool without its
+threads, and work sent to it would wait forever: the cache is cleared in every forked child.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+
+@functools.lru_cache(maxsize=None)
+def pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """The process's pool of `workers` threads for one stage (pools of different stages nest)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=pool.cache_clear)
+
+
+def default_workers() -> int:
+    """Threads for CPU work: OMP_NUM_THREADS if set (a Ray task's CPUs), else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

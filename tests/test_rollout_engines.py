@@ -1,0 +1,125 @@
+"""The two rollout engines: numba (CPU) and torch agree bit for bit, match the spec's network,
+and a row does not depend on the batch, the thread count or the batch size it was made in."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ncagen import rng
+from ncagen.config import Band, NCAConfig
+from ncagen.generate import candidate_seeds, generate, regenerate
+from ncagen.rollout import _advance_torch, advance, init_state, noise_keys, reference_logits
+from ncagen.rules import sample_rules, uniforms
+
+# n = 17 takes the CPU engine's path without row-triple tables
+CASES = [(2, 0.0), (10, 0.0), (10, 0.7), (15, 0.0), (17, 0.3)]
+
+
+def _batch(cfg: NCAConfig, count: int, key: int = 5):
+    seeds, sims = candidate_seeds(key, 0, count, cfg.sims_per_rule)
+    return sample_rules(seeds, cfg), init_state(seeds, sims, cfg), noise_keys(seeds, sims)
+
+
+def _both_engines(cfg: NCAConfig, count: int, K: int = 6, key: int = 5):
+    params, state, keys = _batch(cfg, count, key)
+    t1 = cfg.record_time(K - 1)
+    out_nb = np.zeros((count, K, cfg.grid, cfg.grid), np.uint8)
+    out_pt = np.zeros_like(out_nb)
+    end_nb = advance(params, state, keys, 0, t1, cfg, out_nb, device="cpu")
+    end_pt = _advance_torch(params, state, keys, 0, t1, cfg, out_pt, 0, "cpu")
+    return out_nb, end_nb, out_pt, end_pt
+
+
+@pytest.mark.parametrize("n,bias", CASES)
+def test_numba_and_torch_engines_agree_bit_for_bit(n, bias):
+    cfg = NCAConfig(states=n, identity_bias=bias)
+    out_nb, end_nb, out_pt, end_pt = _both_engines(cfg, 40)
+    assert np.array_equal(out_nb, out_pt)
+    assert np.array_equal(end_nb, end_pt)
+    assert len(np.unique(out_nb)) == n  # every state occurs: the grids are not degenerate
+
+
+def test_engines_agree_on_another_grid_and_schedule():
+    cfg = NCAConfig(states=6, grid=8, burn_in=3, dt=2, seq_len=200)
+    out_nb, end_nb, out_pt, end_pt = _both_engines(cfg, 30)
+    assert np.array_equal(out_nb, out_pt) and np.array_equal(end_nb, end_pt)
+
+
+def test_engines_agree_when_near_ties_are_everywhere():
+    # at tau = 0.02 the near-tie window is 1.2 logits wide, so most cells take the Gumbel draw
+    cfg = NCAConfig(states=10, temperature=0.02)
+    out_nb, end_nb, out_pt, end_pt = _both_engines(cfg, 24)
+    assert np.array_equal(out_nb, out_pt) and np.array_equal(end_nb, end_pt)
+    moved = (out_nb[:, 1:] != out_nb[:, :-1]).mean()
+    assert moved > 0.3  # the noise keeps the grids churning
+
+
+def test_engines_agree_on_frozen_grids_and_continuations():
+    # many n = 2 rules freeze; the CPU engine stops computing them, the torch engine does not
+    cfg = NCAConfig(states=2)
+    params, state, keys = _batch(cfg, 64, key=11)
+    K, R = 20, 8
+    full = np.zeros((64, K, 12, 12), np.uint8)
+    advance(params, state, keys, 0, cfg.record_time(K - 1), cfg, full)
+    frozen = (full[:, -1] == full[:, -2]).all(axis=(1, 2))
+    assert frozen.sum() >= 5
+    head = np.zeros((64, R, 12, 12), np.uint8)
+    mid = advance(params, state, keys, 0, cfg.record_time(R - 1), cfg, head)
+    tail = np.zeros((64, K - R, 12, 12), np.uint8)
+    end_nb = advance(params, mid, keys, cfg.record_time(R - 1), cfg.record_time(K - 1), cfg, tail,
+                     rec_offset=R)
+    tail_pt = np.zeros_like(tail)
+    end_pt = _advance_torch(params, mid, keys, cfg.record_time(R - 1), cfg.record_time(K - 1), cfg,
+                            tail_pt, R, "cpu")
+    assert np.array_equal(np.concatenate([head, tail], 1), full)
+    assert np.array_equal(tail, tail_pt) and np.array_equal(end_nb, end_pt)
+
+
+@pytest.mark.parametrize("n,bias", CASES)
+def test_one_step_is_the_argmax_of_the_reference_network(n, bias):
+    cfg = NCAConfig(states=n, identity_bias=bias, burn_in=5)
+    params, _, keys = _batch(cfg, 12, key=3)
+    state = (rng.uniform(np.uint64(9), np.arange(12 * 144)) * n).astype(np.uint8)
+    state = state.reshape(12, 12, 12)
+    nxt = advance(params, state, keys, 0, 1, cfg, np.zeros((12, 1, 12, 12), np.uint8))
+    logits = reference_logits(params, state, cfg)  # (B, n, G, G) float64
+    logits += bias * (np.arange(n)[None, :, None, None] == state[:, None])
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-2  # away from near-ties (the window is 6e-3)
+    assert clear.mean() > 0.5
+    assert np.array_equal(nxt[clear], logits.argmax(axis=1)[clear])
+
+
+def test_rows_do_not_depend_on_batch_threads_or_company():
+    cfg = NCAConfig(states=10, identity_bias=0.2)
+    seeds, sims = candidate_seeds(21, 0, 30, 1)
+    whole = regenerate(cfg, seeds, sims)
+    for i in (0, 13, 29):
+        alone = regenerate(cfg, seeds[i:i + 1], sims[i:i + 1])
+        for k in whole:
+            assert np.array_equal(alone[k][0], whole[k][i]), k
+    params, state, keys = _batch(cfg, 30, key=21)
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.zeros((30, 4, 12, 12), np.uint8)
+        advance(params, state, keys, 0, cfg.record_time(3), cfg, out, threads=threads)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("batch", [1, 33])
+def test_generated_rows_equal_rows_regenerated_alone(batch):
+    cfg = dataclasses.replace(NCAConfig(), seq_len=380)
+    parts = list(generate(cfg, Band(0.5, 1.0), 99, 12, batch=batch))
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    for i in range(12):
+        alone = regenerate(cfg, cols["rule_seed"][i:i + 1], cols["sim"][i:i + 1])
+        for k in cols:
+            assert np.array_equal(alone[k][0], cols[k][i]), k
+
+
+def test_compiled_uniforms_are_the_rng_uniforms():
+    keys = rng.derive_many(np.arange(50, dtype=np.int64), rng.STREAM_INIT, np.zeros(50, np.int64))
+    expected = rng.uniform(keys[:, None], np.arange(300)[None, :])
+    assert np.array_equal(uniforms(keys, 300), expected)
