@@ -266,11 +266,12 @@ def _ray_init_kwargs(cfg: BuildConfig) -> dict:
             "object_store_memory": 200 * 2**20, **common}
 
 
-def _ray_task_options(cfg: BuildConfig, nodes: list[dict]) -> tuple[dict, str]:
+def _ray_task_options(cfg: BuildConfig, nodes: list[dict], todo: int) -> tuple[dict, str]:
     """Resources of one shard task and the device it rolls out on.
 
-    GPU: one GPU per task and the CPUs that go with it on its node (for gzip); CPU: one core
-    per task, or cores / --workers.  `nodes` is ray.nodes().
+    GPU: one GPU per task and the CPUs that go with it on its node (for gzip); CPU: cores /
+    --workers, else one core per task, or more when there are fewer shards to build than cores.
+    `nodes` is ray.nodes(); `todo` the number of shards to build.
     """
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
     gpu_nodes = [r for r in alive if r.get("GPU", 0) >= 1]
@@ -280,7 +281,7 @@ def _ray_task_options(cfg: BuildConfig, nodes: list[dict]) -> tuple[dict, str]:
         return {"num_gpus": 1, "num_cpus": per, "runtime_env": _threads_env(per)}, "cuda"
     total = sum(int(r.get("CPU", 0)) for r in alive)
     biggest = max((int(r.get("CPU", 0)) for r in alive), default=1)
-    per = max(1, min(total // cfg.workers, biggest)) if cfg.workers else 1
+    per = max(1, min(total // (cfg.workers or max(todo, 1)), biggest))
     return {"num_cpus": per, "runtime_env": _threads_env(per)}, "cpu"
 
 
@@ -307,16 +308,17 @@ def _execute_ray(cfg: BuildConfig, tasks: list[ShardTask], on_result) -> None:
         ray.init(**init)
     pending: dict = {}
     try:
-        opts, device = _ray_task_options(cfg, ray.nodes())
+        todo = {t.path for t in tasks if not shards.exists(out, t.path)}
+        opts, device = _ray_task_options(cfg, ray.nodes(), len(todo))
         if "num_gpus" in opts and init["address"] == "local" and not ray.cluster_resources().get("GPU"):
             # a private Ray has no autoscaler: GPU tasks would wait forever
             raise ValueError(f"device {cfg.device!r} requested but no CUDA GPU is visible")
         remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(run_shard).options(**opts)
         for t in tasks:
-            if shards.exists(out, t.path):  # checked here, not in a task: resuming starts no workers
-                on_result(t, run_shard(t, out))
-            else:
+            if t.path in todo:
                 pending[remote.remote(t, out, device, cfg.batch, opts["num_cpus"])] = t
+            else:  # checked here, not in a task: resuming starts no workers
+                on_result(t, run_shard(t, out))
         refs = list(pending)
         while refs:
             (ref,), refs = ray.wait(refs, num_returns=1)
