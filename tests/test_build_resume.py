@@ -16,24 +16,12 @@ import tempfile
 import time
 
 import pytest
+from procs import kill_pids, session_pids
 
 pytest.importorskip("ray")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--rows", "1600", "--shard-rows", "200", "--seq-len", "380"]  # 8 shards
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live processes of session `sid` (Ray workers leave our process group, not our session)."""
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
 
 
 def reap_session(sid: int, wait: float = 30.0) -> list[int]:
@@ -42,11 +30,7 @@ def reap_session(sid: int, wait: float = 30.0) -> list[int]:
     while session_pids(sid) and time.monotonic() < deadline:
         time.sleep(0.2)
     left = session_pids(sid)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_pids(left)
     return left
 
 

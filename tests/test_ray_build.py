@@ -14,7 +14,6 @@ import pathlib
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+from procs import free_port, kill_session, processes, session_pids
 
 pytest.importorskip("ray")
 
@@ -31,51 +31,10 @@ SMALL = ["--seq-len", "380"]
 
 
 # processes -----------------------------------------------------------------------------------
-def processes() -> dict[int, tuple[int, int]]:
-    """{pid: (parent pid, session id)} of every live process."""
-    out = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
-        if fields[0] != "Z":
-            out[int(entry)] = (int(fields[1]), int(fields[3]))
-    return out
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live processes of session `sid` (Ray's workers leave our process group, not our session)."""
-    return [pid for pid, (_, s) in processes().items() if s == sid]
-
-
 def child_sessions(sid: int) -> set[int]:
     """Sessions that processes of session `sid` started (Ray runs each job's driver in one)."""
     procs = processes()
     return {s for pid, (ppid, s) in procs.items() if s != sid and procs.get(ppid, (0, 0))[1] == sid}
-
-
-def kill_session(sid: int, grace: float = 5.0) -> None:
-    """SIGTERM the process group `sid` leads, then SIGKILL whatever of its session is left."""
-    try:
-        os.killpg(sid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace
-    while session_pids(sid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for _ in range(50):
-        left = session_pids(sid)
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-    raise AssertionError(f"processes of session {sid} survived SIGKILL: {session_pids(sid)}")
 
 
 def shard_workers(sid: int) -> list[int]:
@@ -89,12 +48,6 @@ def shard_workers(sid: int) -> list[int]:
         if cmd.startswith(b"ray::run_shard"):
             pids.append(pid)
     return pids
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # the cluster ---------------------------------------------------------------------------------

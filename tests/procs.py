@@ -1,0 +1,67 @@
+"""Process helpers for the Ray tests and benchmark: sessions, clean teardown, free ports.
+
+Ray's workers leave the process group of the command that started them but stay in its
+session, so a test that starts Ray with start_new_session=True can find, and stop, exactly
+what it started: the processes of that session.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import time
+
+
+def processes() -> dict[int, tuple[int, int]]:
+    """{pid: (parent pid, session id)} of every live process."""
+    out = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+        if fields[0] != "Z":
+            out[int(entry)] = (int(fields[1]), int(fields[3]))
+    return out
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session `sid`."""
+    return [pid for pid, (_, s) in processes().items() if s == sid]
+
+
+def kill_pids(pids: list[int]) -> None:
+    """SIGKILL each pid, ignoring those already gone."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_session(sid: int, grace: float = 5.0) -> None:
+    """SIGTERM the process group `sid` leads, then SIGKILL whatever of its session is left."""
+    try:
+        os.killpg(sid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for _ in range(50):
+        left = session_pids(sid)
+        if not left:
+            return
+        kill_pids(left)
+        time.sleep(0.2)
+    raise AssertionError(f"processes of session {sid} survived SIGKILL: {session_pids(sid)}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
