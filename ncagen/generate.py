@@ -9,7 +9,7 @@ recorded grids); the rest of the sequence is rolled out for accepted candidates 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -38,7 +38,6 @@ class ShardStats:
     accepted: int = 0
     ratio_min: float = float("inf")
     ratio_max: float = float("-inf")
-    extra: dict = field(default_factory=dict)
 
     def add(self, ratios: np.ndarray, accepted: int) -> None:
         self.candidates += len(ratios)
@@ -176,7 +175,6 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
     finally:
         if pending is not None:  # the caller stopped early: let the batch finish unseen
             pending.cancel()
-    stats.extra["candidates_per_row"] = stats.candidates / max(rows, 1)
 
 
 def regenerate(cfg: NCAConfig, rule_seeds, sims, device: str = "cpu") -> dict:

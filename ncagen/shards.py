@@ -184,8 +184,3 @@ def write_manifest(root: str, manifest: dict) -> None:
     with fsys.open_output_stream(tmp) as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
     fsys.move(tmp, final)
-
-
-def sha256_of(root: str, rel_path: str) -> str:
-    """Checksum of a file in the build directory."""
-    return read_shard_result(root, rel_path).sha256
