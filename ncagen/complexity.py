@@ -29,23 +29,26 @@ def ratio_bytes(patch_tokens: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(patch_tokens, dtype="<i4").reshape(B, width).view(np.uint8)
 
 
-
-
 def _map_rows(fn, raw: np.ndarray, workers: int) -> np.ndarray:
-    """Apply fn(bytes) -> int to each row of raw (B, L) on `workers` threads, in chunks."""
-    B = raw.shape[0]
+    """Apply fn(buffer) -> int to each row of raw (B, L) on `workers` threads, in chunks."""
+    B, L = raw.shape
     if B == 0:
         return np.zeros(0, np.int64)
-    chunks = np.array_split(np.arange(B), min(workers, B))
-    work = lambda idx: [fn(raw[i].tobytes()) for i in idx]  # noqa: E731
-    parts = list(pool(workers, "ncagen-zip").map(work, chunks)) if workers > 1 else [work(chunks[0])]
+    flat = memoryview(np.ascontiguousarray(raw).reshape(-1))  # rows as slices, no copies
+    cuts = [B * k // min(workers, B) for k in range(min(workers, B) + 1)]
+    work = lambda lo, hi: [fn(flat[i * L:(i + 1) * L]) for i in range(lo, hi)]  # noqa: E731
+    if len(cuts) > 2:
+        parts = list(pool(workers, "ncagen-zip").map(work, cuts[:-1], cuts[1:]))
+    else:
+        parts = [work(0, B)]
     return np.array([s for part in parts for s in part], np.int64)
 
 
 def gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | None = None) -> np.ndarray:
     """gzip ratio of each row of patch tokens (B, R, P) as float32."""
     raw = ratio_bytes(patch_tokens)
-    sizes = _map_rows(lambda b: len(zlib.compress(b, level, 31)), raw, workers or default_workers())
+    compress = zlib.compress
+    sizes = _map_rows(lambda b: len(compress(b, level, 31)), raw, workers or default_workers())
     return (sizes / raw.shape[1]).astype(np.float32)
 
 

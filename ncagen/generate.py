@@ -9,6 +9,8 @@ recorded grids); the rest of the sequence is rolled out for accepted candidates 
 
 from __future__ import annotations
 
+import collections
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,9 +23,9 @@ from .rules import sample_rules
 from .threads import pool
 from .tokens import encode_grids, to_sequence
 
-DEFAULT_BATCH = 2048
+DEFAULT_BATCH = 1024  # candidates per unit of work on the CPU (a GPU wants far more)
 SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before giving up
-SLICES_PER_THREAD = 4  # candidate slices per CPU thread in make_rows
+LOOKAHEAD = 2  # units queued per CPU thread beyond the ones running
 
 
 class BandUnreachable(RuntimeError):
@@ -82,44 +84,12 @@ def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, gri
     return encode_grids(out, cfg.states, cfg.patch), state, params
 
 
-def make_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
-              device: str = "cpu", stats: ShardStats | None = None,
-              threads: int | None = None) -> dict:
-    """Generate candidates, keep those whose gzip ratio lies in the band, return their columns.
-
-    On the CPU the candidates are split into consecutive slices worked through by `threads`
-    threads (default: the rollout's thread count); the rows come back in candidate order.
-    """
-    if device == "cpu":
-        threads = max(1, min(threads or cpu_threads(), len(rule_seeds)))
-    else:
-        threads = 1
-    if threads == 1:
-        cols, ratios = _filtered_rows(cfg, band, rule_seeds, sims, device,
-                                      1 if device == "cpu" else None)
-    else:  # a few slices per thread, so that no thread idles while the last one finishes
-        params = _params_for(rule_seeds, cfg)  # one call for the batch: torch is threaded itself
-        slices = min(len(rule_seeds), SLICES_PER_THREAD * threads)
-        cuts = [len(rule_seeds) * k // slices for k in range(slices + 1)]
-
-        def work(lo: int, hi: int):
-            return _filtered_rows(cfg, band, rule_seeds[lo:hi], sims[lo:hi], device, 1,
-                                  params.subset(slice(lo, hi)))
-
-        parts = list(pool(threads, "ncagen-rows").map(work, cuts[:-1], cuts[1:]))
-        cols = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
-        ratios = np.concatenate([p[1] for p in parts])
-    if stats is not None:
-        stats.add(ratios, len(cols["rule_seed"]))
-    return cols
-
-
 def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
-                   device: str, threads: int | None, params=None) -> tuple[dict, np.ndarray]:
-    """make_rows on one slice of candidates: (columns of the kept rows, every candidate's ratio)."""
+                   device: str, threads: int | None) -> tuple[dict, np.ndarray]:
+    """One unit of work: (columns of the candidates whose gzip ratio lies in the band, every
+    candidate's ratio). On the CPU it runs on one thread (`threads` = 1) beside other units."""
     R, K = cfg.ratio_grids, cfg.grids_per_sequence
-    start = None if params is None else (params, init_state(rule_seeds, sims, cfg), 0, 0)
-    head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device, start=start,
+    head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device,
                                          threads=threads)  # (B, R, P)
     ratios = complexity.gzip_ratios(head, cfg.gzip_level, workers=threads)
     keep = np.flatnonzero((ratios > band.lo) & (ratios < band.hi))
@@ -145,36 +115,47 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
              batch: int = DEFAULT_BATCH, stats: ShardStats | None = None) -> Iterator[dict]:
     """Yield column batches of a shard's first `rows` accepted candidates, in candidate order.
 
-    While the caller handles one batch (say, writes it to Parquet) the next one, when it is
-    certainly needed, is already being generated in the background.
+    The candidates are cut into units of `batch`. On the CPU, one thread per core works through
+    the units (each unit on one thread), a few units ahead of the caller, so the cores stay busy
+    while the caller handles what it was given (say, writes it to Parquet). On a GPU one unit
+    at a time goes to the device, with its gzip ratios spread over the cores.
     """
     stats = stats if stats is not None else ShardStats()
-    threads = cpu_threads() if device == "cpu" else None  # numba's count is per thread: read here
+    batch = max(1, min(batch, 2 * rows + 64))  # a few rows need no big unit (rows do not depend on it)
+    cpu = device == "cpu"
+    workers = cpu_threads() if cpu else 1  # numba's count is per thread: read it here
+    run = pool(workers, "ncagen-rows")
+    queue: collections.deque = collections.deque()
+    start = done = 0
 
-    def submit(start: int):
-        seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
-        return pool(1, "ncagen-batch").submit(make_rows, cfg, band, seeds, sims, device, stats,
-                                               threads)
+    def wanted() -> int:
+        """Units to keep in flight: enough for the rows still missing, at the acceptance seen."""
+        if not stats.candidates:
+            return workers
+        rate = max(stats.accepted / stats.candidates, 1e-3)
+        return min(workers * (1 + LOOKAHEAD), max(1, math.ceil((rows - done) / rate / batch)))
 
-    done, start, pending = 0, batch, submit(0) if rows > 0 else None
     try:
-        while pending is not None:
-            cols = pending.result()
+        while done < rows:
+            while len(queue) < wanted():
+                seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
+                queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device,
+                                        1 if cpu else None))
+                start += batch
+            cols, ratios = queue.popleft().result()
+            stats.add(ratios, len(cols["rule_seed"]))
             take = min(rows - done, len(cols["rule_seed"]))
             done += take
-            unreachable = stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT
-            pending = submit(start) if done < rows and not unreachable else None
-            start += batch
             if take:
                 yield {k: v[:take] for k, v in cols.items()}
-            if unreachable:
+            if stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT:
                 raise BandUnreachable(
                     f"band {band} looks unreachable for states={cfg.states}: {stats.candidates} "
                     f"random rules gave gzip ratios in [{stats.ratio_min:.3f}, "
                     f"{stats.ratio_max:.3f}], none strictly inside ({band.lo:g}, {band.hi:g})")
     finally:
-        if pending is not None:  # the caller stopped early: let the batch finish unseen
-            pending.cancel()
+        for future in queue:  # the caller stopped early: queued units are dropped, running ones
+            future.cancel()   # finish unseen
 
 
 def regenerate(cfg: NCAConfig, rule_seeds, sims, device: str = "cpu") -> dict:

@@ -141,14 +141,8 @@ class NCAStream(torch.utils.data.IterableDataset):
         for task in self.tasks():
             if (task.index - self.start_shard) % consumers != me:
                 continue
-            batch = _batch_for(task.rows, self.batch)
-            for cols in generate(task.nca, task.band, task.key, task.rows, device, batch):
+            for cols in generate(task.nca, task.band, task.key, task.rows, device, self.batch):
                 yield from row_dicts(cols, task.nca, task.config_name)
-
-
-def _batch_for(rows: int, batch: int) -> int:
-    """Candidates per rollout: about what `rows` rows need, at most `batch` (rows do not depend on it)."""
-    return max(1, min(batch, 2 * rows + 64))
 
 
 def _worker_setup(threads: int) -> None:
@@ -201,7 +195,7 @@ def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | str, seed: int
         if n < 1:
             raise ConfigError(f"shard {i} lies beyond the {rows} rows of this stream")
         key = shard_key(seed, cfg.states, band, split, i)
-        for cols in generate(cfg, band, key, n, device, _batch_for(n, batch)):
+        for cols in generate(cfg, band, key, n, device, batch):
             yield from row_dicts(cols, cfg, band.name(cfg.states))
 
 
