@@ -89,8 +89,9 @@ def advance(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1
     thr = np.float32(NEAR_TIE * tau)
     if device == "cpu":
         state = state.copy()
+        biased = bool(params.b1.any() or params.b2.any() or params.b3.any())  # spec: all zero
         kernel = load_kernel(cfg.states, params.b1.shape[1], params.b2.shape[1], cfg.grid,
-                             cfg.identity_bias != 0, cfg.states <= TRIPLE_TABLE_STATES)
+                             cfg.identity_bias != 0, cfg.states <= TRIPLE_TABLE_STATES, biased)
         args = (params.offset_table(), params.b1, params.w2, params.b2, params.w3, params.b3, state,
                 np.asarray(keys, np.uint64), t0, t1, cfg.burn_in, cfg.dt, rec_offset, out, tau,
                 thr, np.float32(cfg.identity_bias))

@@ -24,7 +24,7 @@ def encode_grids(grids, n: int, patch: int):
     q, lead = G // patch, grids.shape[:-2]
     if isinstance(grids, np.ndarray) and grids.dtype == np.uint8:
         flat = np.ascontiguousarray(grids).reshape(-1, G, G)
-        return _encode_kernel()(flat, n, patch).reshape(*lead, q * q)
+        return _encode_kernel(n, patch)(flat).reshape(*lead, q * q)
     x = grids.reshape(*lead, q, patch, q, patch)
     x = _permute(x, (*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1, len(lead) + 3))
     x = x.reshape(*lead, q * q, patch * patch)  # (..., P, p*p) cells c_0..c_{p*p-1}
@@ -37,23 +37,26 @@ def encode_grids(grids, n: int, patch: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _encode_kernel():
-    """encode_grids for uint8 grids (M, G, G), compiled (the generator calls it on every grid)."""
+def _encode_kernel(n: int, patch: int):
+    """encode_grids for uint8 grids (M, G, G), compiled for one alphabet and patch size (the
+    generator calls it on every grid)."""
     import numba
 
+    weights = tuple(n ** k for k in range(patch * patch))  # c_k's weight, k row by row
+
     @numba.njit(cache=True, nogil=True)
-    def encode(grids, n, patch):  # pragma: no cover - compiled
+    def encode(grids):  # pragma: no cover - compiled
         M, G = grids.shape[0], grids.shape[1]
         q = G // patch
-        out = np.zeros((M, q * q), np.int64)
+        out = np.empty((M, q * q), np.int64)
         for m in range(M):
             for py in range(q):
                 for px in range(q):
-                    tok, w = 0, 1
+                    tok = np.int64(0)
                     for dy in range(patch):
                         for dx in range(patch):
-                            tok += np.int64(grids[m, py * patch + dy, px * patch + dx]) * w
-                            w *= n
+                            cell = grids[m, py * patch + dy, px * patch + dx]
+                            tok += np.int64(cell) * weights[dy * patch + dx]
                     out[m, py * q + px] = tok
         return out
 

@@ -46,6 +46,54 @@ def test_engines_agree_on_another_grid_and_schedule():
     assert np.array_equal(out_nb, out_pt) and np.array_equal(end_nb, end_pt)
 
 
+def test_engines_agree_when_the_cells_do_not_fill_whole_vector_lanes():
+    # 9 x 9 = 81 cells: the CPU kernel pads to 88, and the padding must not count as moved or tied
+    cfg = NCAConfig(states=4, grid=9, patch=3, seq_len=400)
+    out_nb, end_nb, out_pt, end_pt = _both_engines(cfg, 40, K=8)
+    assert np.array_equal(out_nb, out_pt) and np.array_equal(end_nb, end_pt)
+    frozen = (out_nb[:, -1] == out_nb[:, -2]).all(axis=(1, 2))
+    assert 0 < frozen.sum() < 40  # the freeze shortcut is taken by some rows, not all
+
+
+def test_kernel_source_is_cached_under_ncagen_cache_dir(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from ncagen.config import NCAConfig\n"
+            "from ncagen.generate import candidate_seeds, regenerate\n"
+            "cfg = NCAConfig(states=3, grid=6, seq_len=200)\n"
+            "s, m = candidate_seeds(1, 0, 5, 1)\n"
+            "print(regenerate(cfg, s, m)['input_ids'].sum())\n")
+    env = {**os.environ, "NCAGEN_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           check=True, timeout=600).stdout for _ in range(2)]
+    assert runs[0] == runs[1]
+    sources = list((tmp_path / "kernels").glob("nca_n3_c4_h16_g6_*.py"))
+    assert len(sources) == 1
+    assert any(p.suffix in (".nbi", ".nbc") for p in (tmp_path / "kernels").rglob("*"))
+
+
+def test_engines_agree_with_nonzero_biases():
+    # the spec's rules have zero biases and the CPU kernel then skips adding them; a rule with
+    # biases takes the kernel that adds them, in the torch engine's order
+    cfg = NCAConfig(states=5)
+    params, state, keys = _batch(cfg, 24, key=8)
+    r = np.random.default_rng(1)
+    params = dataclasses.replace(params, **{
+        k: r.normal(0, 0.3, getattr(params, k).shape).astype(np.float32) for k in ("b1", "b2", "b3")})
+    K, t1 = 6, cfg.record_time(5)
+    out_nb, out_pt = (np.zeros((24, K, 12, 12), np.uint8) for _ in range(2))
+    end_nb = advance(params, state, keys, 0, t1, cfg, out_nb)
+    end_pt = _advance_torch(params, state, keys, 0, t1, cfg, out_pt, 0, "cpu")
+    assert np.array_equal(out_nb, out_pt) and np.array_equal(end_nb, end_pt)
+    plain, _, _ = _batch(cfg, 24, key=8)
+    out_plain = np.zeros_like(out_nb)
+    advance(plain, state, keys, 0, t1, cfg, out_plain)
+    assert not np.array_equal(out_plain, out_nb)  # the biases did change the trajectories
+
+
 def test_engines_agree_when_near_ties_are_everywhere():
     # at tau = 0.02 the near-tie window is 1.2 logits wide, so most cells take the Gumbel draw
     cfg = NCAConfig(states=10, temperature=0.02)
