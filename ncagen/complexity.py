@@ -47,8 +47,7 @@ def _map_rows(fn, raw: np.ndarray, workers: int) -> np.ndarray:
 def gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | None = None) -> np.ndarray:
     """gzip ratio of each row of patch tokens (B, R, P) as float32."""
     raw = ratio_bytes(patch_tokens)
-    compress = zlib.compress
-    sizes = _map_rows(lambda b: len(compress(b, level, 31)), raw, workers or default_workers())
+    sizes = _map_rows(lambda b: len(zlib.compress(b, level, 31)), raw, workers or default_workers())
     return (sizes / raw.shape[1]).astype(np.float32)
 
 

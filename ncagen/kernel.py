@@ -34,14 +34,7 @@ import math
 import numba
 import numpy as np
 
-
-@numba.njit(inline="always")
-def uniform(key, ctr):  # ncagen.rng.uniform
-    z = key + (np.uint64(ctr) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (np.float64(z >> np.uint64(11)) + 0.5) * 1.1102230246251565e-16
+from ncagen.rules import uniform_at as uniform  # ncagen.rng.uniform, compiled
 
 '''
 

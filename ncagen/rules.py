@@ -13,6 +13,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from . import rng
@@ -78,8 +79,6 @@ _NDTRI_Q1 = (1.0, 1.57799883256466749731e1, 4.53907635128879210584e1, 4.13172038
 
 @functools.lru_cache(maxsize=None)
 def _ndtri_kernel():
-    import numba
-
     p0, q0, p1, q1 = (np.array(c) for c in (_NDTRI_P0, _NDTRI_Q0, _NDTRI_P1, _NDTRI_Q1))
     exp_m2 = 0.13533528323661269189  # exp(-2)
     sqrt_2pi = 2.50662827463100050242
@@ -116,28 +115,28 @@ def _ndtri_kernel():
     return ndtri
 
 
+@numba.njit(inline="always")
+def uniform_at(key, ctr):  # pragma: no cover - compiled
+    """rng.uniform(key, ctr) for one uint64 key and counter, in compiled code."""
+    z = key + (np.uint64(ctr) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (np.float64(z >> np.uint64(11)) + 0.5) * 1.1102230246251565e-16
+
+
 def uniforms(keys: np.ndarray, count: int) -> np.ndarray:
     """rng.uniform(keys[:, None], arange(count)[None, :]) as (B, count) float64, compiled."""
-    return _uniform_kernel()(np.asarray(keys, np.uint64), int(count))
+    return _draw(np.asarray(keys, np.uint64), int(count))
 
 
-@functools.lru_cache(maxsize=None)
-def _uniform_kernel():
-    import numba
-
-    @numba.njit(cache=True, nogil=True)
-    def draw(keys, count):  # pragma: no cover - compiled
-        out = np.empty((keys.shape[0], count), np.float64)
-        for b in range(keys.shape[0]):
-            for c in range(count):
-                z = keys[b] + (np.uint64(c) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-                z = z ^ (z >> np.uint64(31))
-                out[b, c] = (np.float64(z >> np.uint64(11)) + 0.5) * 1.1102230246251565e-16
-        return out
-
-    return draw
+@numba.njit(cache=True, nogil=True)
+def _draw(keys, count):  # pragma: no cover - compiled
+    out = np.empty((keys.shape[0], count), np.float64)
+    for b in range(keys.shape[0]):
+        for c in range(count):
+            out[b, c] = uniform_at(keys[b], c)
+    return out
 
 
 def sample_rules(rule_seeds: np.ndarray, cfg: NCAConfig) -> RuleParams:
