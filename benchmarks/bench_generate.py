@@ -75,7 +75,8 @@ def gzip_floor(nca, key: int, candidates: int) -> tuple[float, float]:
 
 
 def bench_band(band_text: str, args, out_root: str) -> dict:
-    from ncagen.build import BuildConfig, build, plan
+    from ncagen.build import build
+    from ncagen.plan import BuildConfig, plan
     from ncagen.config import Band, NCAConfig
 
     band = Band.parse(band_text)

@@ -262,7 +262,7 @@ def cross_check(part: PartitionStats, entry: dict, shards: dict) -> None:
                             f"the files")
     if (part.candidates, part.accepted) != (entry["candidates"], entry["accepted"]):
         raise CardError(f"{part.name}: the manifest's candidate counts differ from the shards' own")
-    inside = (part.ratios > part.band.lo) & (part.ratios < part.band.hi)
+    inside = part.band.mask(part.ratios)
     if not inside.all():
         raise CardError(f"{part.name}: {int((~inside).sum())} rows have a gzip ratio outside "
                         f"the band {part.band}")
@@ -615,17 +615,11 @@ def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REP
 
 
 # command line ------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit status 2."""
-
-    def error(self, message: str) -> None:
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    p = _Parser(prog="python -m ncagen.card", description=__doc__.splitlines()[0])
+    from .cli import Parser
+
+    p = Parser(prog="python -m ncagen.card", description=__doc__.splitlines()[0])
     p.add_argument("dir", metavar="DIR", help="build directory (holds ncagen.json)")
     p.add_argument("--repo", default=DEFAULT_REPO, metavar="ORG/NAME",
                    help="Hub repo id the usage examples load from")

@@ -134,8 +134,18 @@ class Band:
             raise ConfigError(f"band {text!r} is not of the form LO-HI, e.g. 0.5-1.0")
         return cls(float(m.group(1)), float(m.group(2)))
 
+    def mask(self, ratios):
+        """Which ratios lie inside the band: THE definition, used by the generator, the card
+        and every helper. Ratios are compared as float32, as stored, with both edges rounded to
+        float32 (so 432/1440, which is float32(0.3), is not inside 0.3-0.4)."""
+        import numpy as np
+
+        r = np.asarray(ratios, np.float32)
+        return (r > np.float32(self.lo)) & (r < np.float32(self.hi))
+
     def contains(self, ratio: float) -> bool:
-        return self.lo < ratio < self.hi
+        """Whether one ratio lies inside the band (see `mask`)."""
+        return bool(self.mask(ratio))
 
     def name(self, states: int = DEFAULT_STATES) -> str:
         """The config name of this band at an alphabet size: band_30_40, band_50_100_states_15."""

@@ -92,7 +92,7 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
     head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device,
                                          threads=threads)  # (B, R, P)
     ratios = complexity.gzip_ratios(head, cfg.gzip_level, workers=threads)
-    keep = np.flatnonzero((ratios > band.lo) & (ratios < band.hi))
+    keep = np.flatnonzero(band.mask(ratios))
     head, seeds, sm = head[keep], rule_seeds[keep], sims[keep]
     if not len(keep):
         input_ids = np.zeros((0, cfg.seq_len), np.int32)
@@ -112,18 +112,20 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
 
 
 def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str = "cpu",
-             batch: int = DEFAULT_BATCH, stats: ShardStats | None = None) -> Iterator[dict]:
+             batch: int = DEFAULT_BATCH, stats: ShardStats | None = None,
+             threads: int | None = None) -> Iterator[dict]:
     """Yield column batches of a shard's first `rows` accepted candidates, in candidate order.
 
-    The candidates are cut into units of `batch`. On the CPU, one thread per core works through
-    the units (each unit on one thread), a few units ahead of the caller, so the cores stay busy
-    while the caller handles what it was given (say, writes it to Parquet). On a GPU one unit
-    at a time goes to the device, with its gzip ratios spread over the cores.
+    The candidates are cut into units of `batch`. On the CPU, `threads` threads (default: one
+    per core numba may use) work through the units (each unit on one thread), a few units ahead
+    of the caller, so the cores stay busy while the caller handles what it was given (say,
+    writes it to Parquet). On a GPU one unit at a time goes to the device, with its gzip ratios
+    spread over `threads` cores.
     """
     stats = stats if stats is not None else ShardStats()
     batch = max(1, min(batch, 2 * rows + 64))  # a few rows need no big unit (rows do not depend on it)
     cpu = device == "cpu"
-    workers = cpu_threads() if cpu else 1  # numba's count is per thread: read it here
+    workers = (threads or cpu_threads()) if cpu else 1  # numba's count is per thread: read it here
     run = pool(workers, "ncagen-rows")
     queue: collections.deque = collections.deque()
     start = done = 0
@@ -140,7 +142,7 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
             while len(queue) < wanted():
                 seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
                 queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device,
-                                        1 if cpu else None))
+                                        1 if cpu else threads))
                 start += batch
             cols, ratios = queue.popleft().result()
             stats.add(ratios, len(cols["rule_seed"]))

@@ -10,7 +10,8 @@ with independent add chains instead of waiting on one long chain at a time.
 The source of each shape is written to a cache folder (`NCAGEN_CACHE_DIR`, else
 `~/.cache/ncagen`, else the temp folder) and imported from there, so numba's on-disk cache
 keeps the compiled code between processes. `kernel_source` is deterministic: same shape, same
-text.
+text. The file name hashes that text and the generator's fingerprint (`ncagen.fingerprint`), so
+compiled code is reused only by the very code that made it.
 """
 
 from __future__ import annotations
@@ -261,9 +262,13 @@ def load_kernel(n: int, C1: int, H: int, G: int, ib: bool, table: bool, bias: bo
 
 @functools.lru_cache(maxsize=None)
 def _load(n: int, C1: int, H: int, G: int, ib: bool, table: bool, bias: bool):
+    from .fingerprint import fingerprint
+
     src = kernel_source(n, C1, H, G, ib, table, bias)
-    digest = hashlib.sha256(src.encode()).hexdigest()[:12]
-    path = cache_dir() / "kernels" / f"nca_n{n}_c{C1}_h{H}_g{G}_{digest}.py"  # a new text, a new file
+    # the compiled code also depends on what the source calls (ncagen.rules.uniform_at, ...):
+    # key the file on the generator's fingerprint too, so changed code never reuses stale code
+    digest = hashlib.sha256(f"{fingerprint()}\n{src}".encode()).hexdigest()[:12]
+    path = cache_dir() / "kernels" / f"nca_n{n}_c{C1}_h{H}_g{G}_{digest}.py"  # a new key, a new file
     if not path.exists() or path.read_text() != src:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")

@@ -1,19 +1,24 @@
 """Publish a built dataset directory as a Hugging Face Hub dataset repository.
 
-A build directory (README.md, ncagen.json, data/<config>/*.parquet, figures/*.png, ...) is
-mirrored into a dataset repo: the repo and, when asked, the branch are created if missing, the
-Hub's own listing of the branch is compared with local hashes (git blob SHA-1 for plain files,
-SHA-256 for LFS/Xet files), and only new or changed files are committed, a batch of files per
-commit with the data before the card. An interrupted publish is resumed by running it again:
-committed batches compare equal and are skipped, and content already stored on the Hub from an
-unfinished batch is not sent again (the LFS batch API and Xet deduplication both skip it).
+A build (README.md, ncagen.json, data/<config>/*.parquet, figures/*.png, ...) in a local folder
+or an object store (s3://bucket/prefix or any fsspec URL) is mirrored into a dataset repo.
+Only a complete build whose data files match its manifest is published; anything else is
+refused before the Hub is contacted. The repo and, when asked, the branch are created if
+missing, the Hub's own listing of the branch is compared with the build (git blob SHA-1 for
+plain files, SHA-256 for LFS/Xet files, taken from the manifest for data shards), and one
+commit on top of that listing adds the new and changed files and deletes the dataset files the
+build no longer has, so the branch never shows old and new shards side by side and never lacks
+data. Before that commit, LFS content is pre-uploaded a batch at a time; an interrupted publish
+is resumed by running it again, and content already stored on the Hub is not sent again (the
+LFS batch API and Xet deduplication both skip it). Files from an object store are copied to a
+local staging folder a batch at a time and each is removed as soon as the Hub holds it.
 
 Hidden files and folders (.cache, .gitattributes, ...) and temporary files (*.tmp, *.partial,
-...) are never uploaded, and nothing is ever deleted on the Hub: files there that the build
-lacks are reported as `remote_only`. The token is resolved by huggingface_hub (argument,
-HF_TOKEN, then the login cache) and goes nowhere but the Authorization header.
+...) are never uploaded, and never deleted on the Hub either. The token is resolved by
+huggingface_hub (argument, HF_TOKEN, then the login cache) and goes nowhere but the
+Authorization header.
 
-    python -m ncagen.publish out/ncagen --repo ORG/NAME [--private] [--revision BRANCH] [--dry-run]
+    python -m ncagen.publish DIR --repo ORG/NAME [--private] [--revision BRANCH] [--dry-run]
 """
 
 from __future__ import annotations
@@ -24,26 +29,35 @@ import importlib
 import json
 import logging
 import os
+import posixpath
 import re
 import sys
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import quote
 
+from pyarrow import fs
+
+from .shards import MANIFEST, filesystem
+
 if TYPE_CHECKING:
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "ncagen.json"
-FILES_PER_COMMIT = 100
+FILES_PER_BATCH = 100  # files pre-uploaded together
+STAGING_BYTES = 1 << 30  # at most this much of an object-store build is staged locally at once
 TEMP_SUFFIXES = frozenset({".tmp", ".temp", ".part", ".partial", ".incomplete", ".lock", ".swp"})
 SKIPPED_DIRS = frozenset({"__pycache__"})
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+REBUILD = "rerun its build command to finish it"
 _HASH_BLOCK = 1 << 20
+_NAMED = 3  # paths a refusal names before it counts the rest
 
 
 class PublishError(RuntimeError):
@@ -52,11 +66,30 @@ class PublishError(RuntimeError):
 
 @dataclass(frozen=True)
 class DatasetFile:
-    """One local file of the build and where it goes in the repo."""
+    """One file of the build, at the same path in the repo."""
 
-    path: str  # POSIX path inside the repo, e.g. "data/band_50_100/shard-00000.parquet"
-    local: Path
+    path: str  # POSIX path, e.g. "data/band_50_100/train-00000-of-00002.parquet"
     size: int
+    sha256: str | None = None  # the manifest's record for a data shard; None: hash the file
+
+
+@dataclass(frozen=True)
+class Build:
+    """A complete build, in a local folder or an object store, whose files match its manifest."""
+
+    root: str  # as given: a local path or a URL
+    fsys: fs.FileSystem
+    base: str  # root's path inside fsys
+    files: tuple[DatasetFile, ...]  # to publish: folders (data, figures) first, the card last
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the files can be read in place (no staging copy needed)."""
+        return isinstance(self.fsys, fs.LocalFileSystem)
+
+    def location(self, f: DatasetFile) -> str:
+        """Path of one of the build's files inside fsys."""
+        return posixpath.join(self.base, f.path)
 
 
 @dataclass(frozen=True)
@@ -69,8 +102,8 @@ class PublishReport:
     dry_run: bool
     uploaded: tuple[DatasetFile, ...]  # sent to the Hub; in a dry run, the files that would be
     unchanged: tuple[str, ...]  # already on the Hub with the same content
-    remote_only: tuple[str, ...]  # on the Hub but not in the build (left in place)
-    commits: tuple[str, ...]  # ids of the commits created
+    deleted: tuple[str, ...]  # dataset files the build no longer has, deleted in the same commit
+    commit: str | None  # id of the one commit created; None when the branch was up to date
 
     @property
     def uploaded_bytes(self) -> int:
@@ -78,21 +111,86 @@ class PublishReport:
         return sum(f.size for f in self.uploaded)
 
 
-def check_build_dir(out_dir: str | os.PathLike) -> Path:
-    """Return the build directory as a Path, or raise ValueError if it is not an ncagen build."""
-    root = Path(out_dir)
-    if not root.is_dir():
-        raise ValueError(f"{root}: no such directory")
-    manifest = root / MANIFEST
-    if not manifest.is_file():
-        raise ValueError(f"{root} is not an ncagen build (no {MANIFEST})")
+def load_build(out_dir: str | os.PathLike) -> Build:
+    """The build at a local path or URL, or ValueError saying why it must not be published."""
+    root = os.fspath(out_dir)
     try:
-        meta = json.loads(manifest.read_text(encoding="utf-8"))
+        fsys, base = filesystem(root)
+        if fsys.get_file_info(base).type != fs.FileType.Directory:
+            raise ValueError(f"{root}: no such directory")
+        manifest = read_manifest(fsys, base, root)
+        files = dataset_files(fsys, base)
+    except (ImportError, OSError) as err:
+        raise ValueError(f"cannot read {root}: {type(err).__name__}: {err}") from None
+    check_complete(manifest, root)
+    return Build(root, fsys, base, tuple(match_manifest(files, manifest, root)))
+
+
+def read_manifest(fsys: fs.FileSystem, base: str, root: str) -> dict:
+    """The build's manifest as a JSON object, or ValueError when it is missing or malformed."""
+    where = f"{root.rstrip('/')}/{MANIFEST}"
+    path = posixpath.join(base, MANIFEST)
+    if fsys.get_file_info(path).type != fs.FileType.File:
+        raise ValueError(f"{root} is not an ncagen build (no {MANIFEST})")
+    with fsys.open_input_stream(path) as stream:
+        raw = stream.read()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{manifest} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{manifest} must hold a JSON object")
-    return root
+        raise ValueError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{where} must hold a JSON object")
+    return manifest
+
+
+def check_complete(manifest: dict, root: str) -> None:
+    """Refuse a build whose manifest does not say that it finished."""
+    if manifest.get("complete") is not True:
+        said = json.dumps(manifest.get("complete"))
+        raise ValueError(
+            f"the build in {root} is not complete ({MANIFEST} says complete: {said}); {REBUILD}"
+        )
+
+
+def match_manifest(files: list[DatasetFile], manifest: dict, root: str) -> list[DatasetFile]:
+    """The files, shards carrying the manifest's SHA-256; ValueError where data/ disagrees."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict) or not all(isinstance(e, dict) for e in shards.values()):
+        raise ValueError(f"{MANIFEST} in {root} holds no shard list; {REBUILD}")
+    data = {f.path: f for f in files if f.path.startswith("data/")}
+    problems = []
+    if missing := sorted(set(shards) - set(data)):
+        problems.append(f"missing: {_name_some(missing)}")
+    if extra := sorted(set(data) - set(shards)):
+        problems.append(f"not in the manifest: {_name_some(extra)}")
+    resized = [
+        f"{path} is {data[path].size:,} bytes, recorded {shards[path].get('bytes')}"
+        for path in sorted(set(data) & set(shards))
+        if shards[path].get("bytes") != data[path].size
+    ]
+    if resized:
+        problems.append(f"size differs: {_name_some(resized)}")
+    if problems:
+        raise ValueError(
+            f"the files under data/ in {root} do not match its manifest "
+            f"({'; '.join(problems)}); {REBUILD}"
+        )
+    return [
+        replace(f, sha256=_recorded_sha256(shards[f.path])) if f.path in shards else f
+        for f in files
+    ]
+
+
+def _recorded_sha256(entry: dict) -> str | None:
+    """A shard's SHA-256 from its manifest entry, None when the entry lacks a usable one."""
+    sha = entry.get("sha256")
+    return sha if isinstance(sha, str) and SHA256.fullmatch(sha) else None
+
+
+def _name_some(items: list[str]) -> str:
+    """The first few items, then how many more there are."""
+    named = ", ".join(items[:_NAMED])
+    return named if len(items) <= _NAMED else f"{named} and {len(items) - _NAMED} more"
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -122,73 +220,65 @@ def is_dataset_file(path: PurePosixPath) -> bool:
     return not any(suffix.lower() in TEMP_SUFFIXES for suffix in PurePosixPath(name).suffixes)
 
 
-def dataset_files(root: Path) -> list[DatasetFile]:
-    """Files of a build to publish: folders (data, figures) first, top-level files (card) last."""
+def dataset_files(fsys: fs.FileSystem, base: str) -> list[DatasetFile]:
+    """Files under `base` to publish: folders (data, figures) first, top-level files (card) last."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
-        dirnames[:] = sorted(d for d in dirnames if is_dataset_file(rel_dir / d))
-        for name in filenames:
-            rel = rel_dir / name
-            local = Path(dirpath) / name
-            if is_dataset_file(rel) and local.is_file():
-                found.append(
-                    DatasetFile(path=rel.as_posix(), local=local, size=local.stat().st_size)
-                )
+    for info in fsys.get_file_info(fs.FileSelector(base, recursive=True)):
+        rel = PurePosixPath(posixpath.relpath(info.path, base))
+        if info.type == fs.FileType.File and is_dataset_file(rel):
+            found.append(DatasetFile(path=rel.as_posix(), size=info.size))
     return sorted(found, key=lambda f: ("/" not in f.path, f.path))
 
 
-def git_blob_sha1(path: Path) -> str:
+def git_blob_sha1(build: Build, f: DatasetFile) -> str:
     """Git object id of the file's content (what the Hub lists for plain files)."""
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+    return _digest(build, f, hashlib.sha1(b"blob %d\0" % f.size))
 
 
-def sha256_file(path: Path) -> str:
+def content_sha256(build: Build, f: DatasetFile) -> str:
     """SHA-256 of the file's content (what the Hub lists for LFS and Xet files)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
+    return f.sha256 or _digest(build, f, hashlib.sha256())  # a shard's is in the manifest
+
+
+def _digest(build: Build, f: DatasetFile, digest) -> str:
+    """Feed the file's content to a hashlib object and return its hex digest."""
+    with build.fsys.open_input_stream(build.location(f)) as stream:
+        while block := stream.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
 
 
-def same_content(local: DatasetFile, remote: RepoFile) -> bool:
-    """Whether a Hub `RepoFile` holds exactly the local file's bytes."""
-    if remote.size != local.size:
+def same_content(build: Build, f: DatasetFile, remote: RepoFile) -> bool:
+    """Whether a Hub `RepoFile` holds exactly the bytes of the build's file."""
+    if remote.size != f.size:
         return False
     if remote.lfs is not None:
-        return sha256_file(local.local) == remote.lfs.sha256
-    return git_blob_sha1(local.local) == remote.blob_id
+        return content_sha256(build, f) == remote.lfs.sha256
+    return git_blob_sha1(build, f) == remote.blob_id
 
 
-def plan_upload(
-    files: list[DatasetFile], remote: dict[str, RepoFile]
+def plan_publish(
+    build: Build, remote: dict[str, RepoFile]
 ) -> tuple[list[DatasetFile], list[str], list[str]]:
-    """Split local files against the Hub listing: (to upload, unchanged, only on the Hub)."""
+    """Split the build against the Hub listing: (to upload, unchanged, stale ones to delete)."""
     to_upload, unchanged = [], []
-    for f in files:
-        if f.path in remote and same_content(f, remote[f.path]):
+    for f in build.files:
+        if f.path in remote and same_content(build, f, remote[f.path]):
             unchanged.append(f.path)
         else:
             to_upload.append(f)
-    local_paths = {f.path for f in files}
-    remote_only = sorted(
-        p for p in remote if p not in local_paths and is_dataset_file(PurePosixPath(p))
-    )
-    return to_upload, unchanged, remote_only
+    ours = {f.path for f in build.files}
+    stale = sorted(p for p in remote if p not in ours and is_dataset_file(PurePosixPath(p)))
+    return to_upload, unchanged, stale
 
 
-def remote_files(api: HfApi, repo_id: str, branch: str) -> dict[str, RepoFile]:
-    """Path -> `RepoFile` for every file of the dataset repo's branch, as the Hub lists it."""
+def remote_files(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]:
+    """Path -> `RepoFile` for every file of the dataset repo at a revision, as the Hub lists it."""
     from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFolder
 
     try:
-        tree = api.list_repo_tree(repo_id, recursive=True, revision=branch, repo_type="dataset")
+        tree = api.list_repo_tree(repo_id, recursive=True, revision=revision, repo_type="dataset")
         return {entry.path: entry for entry in tree if not isinstance(entry, RepoFolder)}
     except (RevisionNotFoundError, EntryNotFoundError):
         return {}  # a repo without any commit yet
@@ -209,17 +299,16 @@ def publish(
     dry_run: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
-    files_per_commit: int = FILES_PER_COMMIT,
+    files_per_batch: int = FILES_PER_BATCH,
 ) -> PublishReport:
-    """Upload the new and changed files of a build to the Hub dataset repo `repo_id`."""
-    root = check_build_dir(out_dir)
+    """Make a branch of the Hub dataset repo `repo_id` hold the build's files, in one commit."""
     check_repo_id(repo_id)
     if revision is not None and not revision.strip():
         raise ValueError("revision must be a non-empty branch name")
-    if files_per_commit < 1:
-        raise ValueError(f"files_per_commit must be at least 1, got {files_per_commit}")
+    if files_per_batch < 1:
+        raise ValueError(f"files_per_batch must be at least 1, got {files_per_batch}")
+    build = load_build(out_dir)
     branch = revision or "main"
-    files = dataset_files(root)
 
     from huggingface_hub import constants
 
@@ -230,16 +319,16 @@ def publish(
             branch,
             url,
             dry_run=True,
-            uploaded=tuple(files),
+            uploaded=build.files,
             unchanged=(),
-            remote_only=(),
-            commits=(),
+            deleted=(),
+            commit=None,
         )
 
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return _publish(root, files, repo_id, branch, private, token, endpoint, files_per_commit)
+        return _publish(build, repo_id, branch, private, token, endpoint, files_per_batch)
     except HfHubHTTPError as err:
         raise PublishError(_describe_http_error(err)) from err
     except _network_errors() as err:
@@ -247,20 +336,21 @@ def publish(
         raise PublishError(
             f"could not reach the Hub at {where}: {type(err).__name__}: {err}"
         ) from err
+    except OSError as err:  # reading the build or writing the staging copies
+        raise PublishError(f"publishing {build.root} failed: {type(err).__name__}: {err}") from err
 
 
 def _publish(
-    root: Path,
-    files: list[DatasetFile],
+    build: Build,
     repo_id: str,
     branch: str,
     private: bool,
     token: str | None,
     endpoint: str | None,
-    files_per_commit: int,
+    files_per_batch: int,
 ) -> PublishReport:
     """The networked part of `publish`; Hub HTTP errors propagate to the caller."""
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationDelete, HfApi, get_token
 
     token = token or get_token()
     if not token:
@@ -273,36 +363,39 @@ def _publish(
         api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True)
     url = repo_url(api.endpoint, repo_id, branch)
 
-    remote = remote_files(api, repo_id, branch)
-    to_upload, unchanged, remote_only = plan_upload(files, remote)
-    upload_bytes = _human_bytes(sum(f.size for f in to_upload))
+    # Plan against one commit and commit on top of exactly it: should the branch move meanwhile,
+    # the Hub refuses the commit instead of deleting files this publish never saw.
+    head = api.repo_info(repo_id, repo_type="dataset", revision=branch).sha
+    remote = remote_files(api, repo_id, head or branch)
+    to_upload, unchanged, stale = plan_publish(build, remote)
     logger.info(
-        "%s: %d files to upload (%s), %d unchanged",
-        root,
+        "%s: %d files to upload (%s), %d unchanged, %d to delete",
+        build.root,
         len(to_upload),
-        upload_bytes,
+        _human_bytes(sum(f.size for f in to_upload)),
         len(unchanged),
+        len(stale),
     )
-
-    batches = [
-        to_upload[i : i + files_per_commit] for i in range(0, len(to_upload), files_per_commit)
-    ]
-    commits = []
-    for number, batch in enumerate(batches, start=1):
-        suffix = f" ({number}/{len(batches)})" if len(batches) > 1 else ""
-        operations = [
-            CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.local)) for f in batch
-        ]
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=f"Upload {len(batch)} files{suffix}",
-            repo_type="dataset",
-            revision=branch,
+    commit = None
+    if to_upload or stale:
+        with tempfile.TemporaryDirectory(prefix="ncagen-publish-") as staging:  # object stores
+            additions = _preupload(api, repo_id, branch, build, to_upload, staging, files_per_batch)
+            deletions = [CommitOperationDelete(path_in_repo=path) for path in stale]
+            info = api.create_commit(
+                repo_id,
+                [*additions, *deletions],
+                commit_message=_commit_message(len(additions), len(deletions)),
+                repo_type="dataset",
+                revision=branch,
+                parent_commit=head,
+            )
+        commit = info.oid
+        logger.info(
+            "commit %s: %d files added or changed, %d deleted",
+            commit,
+            len(additions),
+            len(deletions),
         )
-        commits.append(info.oid)
-        batch_bytes = _human_bytes(sum(f.size for f in batch))
-        logger.info("commit %d/%d: %d files, %s", number, len(batches), len(batch), batch_bytes)
     return PublishReport(
         repo_id,
         branch,
@@ -310,9 +403,93 @@ def _publish(
         dry_run=False,
         uploaded=tuple(to_upload),
         unchanged=tuple(unchanged),
-        remote_only=tuple(remote_only),
-        commits=tuple(commits),
+        deleted=tuple(stale),
+        commit=commit,
     )
+
+
+def _preupload(
+    api: HfApi,
+    repo_id: str,
+    branch: str,
+    build: Build,
+    files: list[DatasetFile],
+    staging: str,
+    files_per_batch: int,
+) -> list[CommitOperationAdd]:
+    """Send the LFS content of `files` to the Hub a batch at a time; the commit's additions."""
+    from huggingface_hub import CommitOperationAdd
+
+    additions = []
+    batches = list(_batches(files, files_per_batch, STAGING_BYTES))
+    for number, batch in enumerate(batches, start=1):
+        ops = [
+            CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=_local_copy(build, f, staging))
+            for f in batch
+        ]
+        api.preupload_lfs_files(repo_id, ops, repo_type="dataset", revision=branch)
+        for f, op in zip(batch, ops):
+            _check_recorded(build, f, op)
+            if not build.is_local and not isinstance(op.path_or_fileobj, str):
+                # The Hub holds the content and the commit names it by hash: drop the copy.
+                # Regular (small, non-LFS) files keep theirs until the commit sends them.
+                os.remove(_staged_path(staging, f))
+        additions += ops
+        batch_bytes = _human_bytes(sum(f.size for f in batch))
+        logger.info(
+            "pre-uploaded batch %d/%d: %d files, %s", number, len(batches), len(batch), batch_bytes
+        )
+    return additions
+
+
+def _batches(
+    files: list[DatasetFile], max_files: int, max_bytes: int
+) -> Iterator[list[DatasetFile]]:
+    """Consecutive runs of at most `max_files` files and `max_bytes` (or one larger file)."""
+    batch: list[DatasetFile] = []
+    size = 0
+    for f in files:
+        if batch and (len(batch) == max_files or size + f.size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(f)
+        size += f.size
+    if batch:
+        yield batch
+
+
+def _local_copy(build: Build, f: DatasetFile, staging: str) -> str:
+    """A local path holding the file: the file itself in a local build, else a staged copy."""
+    if build.is_local:
+        return build.location(f)
+    target = _staged_path(staging, f)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with build.fsys.open_input_stream(build.location(f)) as source, open(target, "wb") as sink:
+        while block := source.read(_HASH_BLOCK):
+            sink.write(block)
+    return target
+
+
+def _staged_path(staging: str, f: DatasetFile) -> str:
+    """Where the staged copy of a file of an object-store build lies."""
+    return os.path.join(staging, *f.path.split("/"))
+
+
+def _check_recorded(build: Build, f: DatasetFile, op: CommitOperationAdd) -> None:
+    """Refuse a shard whose uploaded bytes are not the ones its manifest records."""
+    if f.sha256 is not None and op.upload_info.sha256.hex() != f.sha256:
+        raise ValueError(
+            f"{f.path} in {build.root} does not hold what {MANIFEST} records "
+            f"(its SHA-256 differs); {REBUILD}"
+        )
+
+
+def _commit_message(added: int, deleted: int) -> str:
+    """Summary line of the publish commit."""
+    if not deleted:
+        return f"Upload {added} files"
+    gone = f"{deleted} files no longer in the build"
+    return f"Upload {added} files, delete {gone}" if added else f"Delete {gone}"
 
 
 def _network_errors() -> tuple[type[Exception], ...]:
@@ -356,21 +533,25 @@ def _human_bytes(n: int) -> str:
     return f"{n} B" if unit == 0 else f"{size:.1f} {units[unit]}"
 
 
+
 def format_report(report: PublishReport) -> str:
     """Short human summary of a publish, for the CLI."""
     files = f"{len(report.uploaded)} files ({_human_bytes(report.uploaded_bytes)})"
     if report.dry_run:
-        lines = [f"dry run, Hub not contacted: {files} to publish; unchanged ones are skipped then"]
-        lines += [f"  {f.path}  {_human_bytes(f.size)}" for f in report.uploaded]
-    else:
         lines = [
-            f"uploaded {files} in {len(report.commits)} commit(s), "
+            f"dry run, Hub not contacted: {files} to publish; unchanged ones are skipped then, "
+            "and dataset files on the Hub that the build lacks are deleted"
+        ]
+        lines += [f"  {f.path}  {_human_bytes(f.size)}" for f in report.uploaded]
+    elif report.commit is None:
+        lines = [f"up to date: the Hub already holds all {len(report.unchanged)} files"]
+    else:
+        deleted = f" and deleted {len(report.deleted)} stale files" if report.deleted else ""
+        lines = [
+            f"uploaded {files}{deleted} in one commit ({report.commit[:12]}), "
             f"skipped {len(report.unchanged)} unchanged"
         ]
-        if report.remote_only:
-            lines.append(
-                f"{len(report.remote_only)} files on the Hub are not in the build (left in place)"
-            )
+        lines += [f"  deleted {path}" for path in report.deleted]
     lines.append(report.url)
     return "\n".join(lines)
 
@@ -380,7 +561,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ncagen.publish", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("dir", metavar="DIR", help="build directory (holds ncagen.json)")
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        help=f"build directory or URL, e.g. s3://bucket/prefix (holds {MANIFEST})",
+    )
     parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repo id")
     parser.add_argument(
         "--private", action="store_true", help="create the repo private (if it does not exist)"
@@ -389,7 +574,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--revision", metavar="BRANCH", help="branch to publish to, created if missing"
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="list what would be uploaded; contact nothing"
+        "--dry-run",
+        action="store_true",
+        help="check the build and list what would be uploaded; contact nothing",
     )
     return parser.parse_args(argv)
 

@@ -1,20 +1,21 @@
-"""Parquet shards and the build manifest: schema, atomic writes, resume, checksums.
+"""Parquet shards and the build manifest: schema, atomic writes, records, resume checks.
 
 Layout (the Hub dataset publishes it as is):
-    DIR/ncagen.json                                   the manifest (config, shards, stats)
+    DIR/ncagen.json                                   the manifest (config, generator, shards)
     DIR/data/<config>/<split>-<i:05d>-of-<n:05d>.parquet
-A shard is written under a temporary name and renamed into place when complete, so a final
-name always holds a whole shard; its generation statistics ride in the file's metadata, so a
-shard found on disk after a crash is recognised without the manifest.
+A shard is written through `Storage.atomic_write` (whole under its final name, or not at all)
+and its size, sha256 and modification time are recorded as it is written. On resume a shard is
+kept only when it matches its record: by size and sha256 on a local disk (a read of the file),
+by size and modification time on an object store (one listing, no downloads). A shard found
+without a record (the driver died between a worker's write and the manifest update) is read
+once and adopted when its footer says it is exactly the shard the plan wants. Its generation
+statistics ride in the file's metadata.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import posixpath
-import uuid
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import NCAConfig
+from .storage import Entry, Storage, filesystem  # noqa: F401  (filesystem: for card, publish)
 
 MANIFEST = "ncagen.json"
 ROW_GROUP_ROWS = 8192  # ~32 MiB of int32 tokens at seq_len 1024, well under the viewer's limits
@@ -52,34 +54,20 @@ def shard_path(config_name: str, split: str, index: int, count: int) -> str:
 
 @dataclass
 class ShardResult:
-    """A finished shard: where it is, what it holds, what it cost."""
+    """A finished shard: where it is, what it holds, what it cost, how to recognise it."""
 
     path: str
     rows: int
     tokens: int
     sha256: str
     bytes: int
+    mtime_ns: int
     candidates: int
     accepted: int
-    seconds: float
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def filesystem(root: str):
-    """A pyarrow filesystem and the path of `root` inside it (local paths, s3://, fsspec URLs)."""
-    from pyarrow import fs
-
-    if "://" not in root:
-        return fs.LocalFileSystem(), os.path.abspath(root)
-    try:
-        return fs.FileSystem.from_uri(root)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        import fsspec
-
-        fsys, path = fsspec.core.url_to_fs(root)
-        return fs.PyFileSystem(fs.FSSpecHandler(fsys)), path
 
 
 def to_table(cols: dict, cfg: NCAConfig, band_name: str) -> pa.Table:
@@ -113,74 +101,67 @@ def _regroup(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
         yield pa.concat_tables(pending)
 
 
-def write_shard(root: str, rel_path: str, tables: Iterable[pa.Table], schema_: pa.Schema,
+def write_shard(store: Storage, rel_path: str, tables: Iterable[pa.Table], schema_: pa.Schema,
                 stats_fn) -> ShardResult:
-    """Stream tables into root/rel_path atomically; `stats_fn()` gives the metadata to embed."""
-    fsys, base = filesystem(root)
-    final = posixpath.join(base, rel_path)
-    tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
-    fsys.create_dir(posixpath.dirname(final), recursive=True)
-    try:
-        with fsys.open_output_stream(tmp) as sink:
-            writer = pq.ParquetWriter(sink, schema_, compression="zstd")
-            try:
-                for t in _regroup(tables, ROW_GROUP_ROWS):
-                    writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
-                writer.add_key_value_metadata({STATS_KEY: json.dumps(stats_fn()).encode()})
-            finally:
-                writer.close()
-        fsys.move(tmp, final)
-    except BaseException:
+    """Stream tables into rel_path atomically; `stats_fn()` gives the metadata to embed."""
+    rows = 0
+    with store.atomic_write(rel_path) as sink:
+        writer = pq.ParquetWriter(sink, schema_, compression="zstd")
         try:
-            fsys.delete_file(tmp)
-        except (FileNotFoundError, OSError):
-            pass
-        raise
-    return read_shard_result(root, rel_path)
+            for t in _regroup(tables, ROW_GROUP_ROWS):
+                writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
+                rows += t.num_rows
+            stats = stats_fn()
+            writer.add_key_value_metadata({STATS_KEY: json.dumps(stats).encode()})
+        finally:
+            writer.close()
+    w = sink.written
+    return ShardResult(path=rel_path, rows=rows, tokens=int(stats.get("tokens", 0)),
+                       sha256=w.sha256, bytes=w.bytes, mtime_ns=w.mtime_ns,
+                       candidates=int(stats.get("candidates", 0)),
+                       accepted=int(stats.get("accepted", 0)))
 
 
-def read_shard_result(root: str, rel_path: str) -> ShardResult:
-    """Describe a finished shard from the file itself (rows, tokens, checksum, embedded stats)."""
-    fsys, base = filesystem(root)
-    path = posixpath.join(base, rel_path)
-    digest, size = hashlib.sha256(), 0
-    with fsys.open_input_stream(path) as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-            size += len(chunk)
-    with fsys.open_input_file(path) as f:
+def shard_stats(store: Storage, rel_path: str) -> tuple[int, dict]:
+    """(rows, embedded generation stats) of a shard, from its footer alone."""
+    with store.open_input(rel_path) as f:
         meta = pq.ParquetFile(f).metadata
-    extra = json.loads((meta.metadata or {}).get(STATS_KEY, b"{}"))
-    return ShardResult(path=rel_path, rows=meta.num_rows, tokens=int(extra.get("tokens", 0)),
-                       sha256=digest.hexdigest(), bytes=size,
-                       candidates=int(extra.get("candidates", 0)),
-                       accepted=int(extra.get("accepted", 0)),
-                       seconds=float(extra.get("seconds", 0.0)))
+    return meta.num_rows, json.loads((meta.metadata or {}).get(STATS_KEY, b"{}"))
 
 
-def exists(root: str, rel_path: str) -> bool:
-    from pyarrow import fs
+def matches_record(store: Storage, record: dict, entry: Entry | None) -> bool:
+    """Whether the file listed as `entry` is the shard `record` describes (see module doc)."""
+    if entry is None or entry.bytes != record.get("bytes"):
+        return False
+    if store.local:
+        return store.sha256(record["path"]) == (record["bytes"], record.get("sha256"))
+    return entry.mtime_ns == record.get("mtime_ns")
 
-    fsys, base = filesystem(root)
-    return fsys.get_file_info(posixpath.join(base, rel_path)).type == fs.FileType.File
 
-
-def read_manifest(root: str) -> dict | None:
-    """The manifest of a build directory, or None when there is none."""
-    fsys, base = filesystem(root)
+def adopt(store: Storage, rel_path: str, rows: int, key: int, entry: Entry) -> ShardResult | None:
+    """The record of an unrecorded shard file that is exactly the planned one, else None."""
     try:
-        with fsys.open_input_stream(posixpath.join(base, MANIFEST)) as f:
-            return json.loads(f.read().decode())
-    except FileNotFoundError:
+        got_rows, stats = shard_stats(store, rel_path)
+    except (OSError, pa.ArrowException):
+        return None  # torn, or not Parquet at all
+    if got_rows != rows or stats.get("key") != str(key):
         return None
+    size, digest = store.sha256(rel_path)
+    if size != entry.bytes:
+        return None
+    return ShardResult(path=rel_path, rows=got_rows, tokens=int(stats.get("tokens", 0)),
+                       sha256=digest, bytes=size, mtime_ns=entry.mtime_ns,
+                       candidates=int(stats.get("candidates", 0)),
+                       accepted=int(stats.get("accepted", 0)))
 
 
-def write_manifest(root: str, manifest: dict) -> None:
-    """Write the manifest atomically (temp name, then rename)."""
-    fsys, base = filesystem(root)
-    fsys.create_dir(base, recursive=True)
-    final = posixpath.join(base, MANIFEST)
-    tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
-    with fsys.open_output_stream(tmp) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
-    fsys.move(tmp, final)
+def read_manifest(root: str | Storage) -> dict | None:
+    """The manifest of a build directory, or None when there is none."""
+    store = root if isinstance(root, Storage) else Storage(root)
+    return store.read_json(MANIFEST)
+
+
+def write_manifest(root: str | Storage, manifest: dict) -> None:
+    """Write the manifest atomically."""
+    store = root if isinstance(root, Storage) else Storage(root)
+    store.write_json(MANIFEST, manifest)

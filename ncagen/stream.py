@@ -29,7 +29,7 @@ from typing import Iterator
 
 import torch
 
-from .build import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, shard_key
+from .plan import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, shard_key
 from .config import Band, ConfigError, NCAConfig
 from .generate import DEFAULT_BATCH, generate
 

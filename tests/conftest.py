@@ -1,7 +1,9 @@
-"""Shared fixtures: small configs and the repository root."""
+"""Shared fixtures: the repository root, and the stand-in Hub (tests/hub_server.py) for the
+modules that publish."""
 
 import os
 import pathlib
+import secrets
 import sys
 
 import pytest
@@ -14,3 +16,38 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return ROOT
+
+
+from hub_server import HubServer  # noqa: E402  (tests/ is on sys.path from here)
+
+
+@pytest.fixture
+def token() -> str:
+    return "hf_" + secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def hub(token, tmp_path, monkeypatch):
+    """A running stand-in Hub, huggingface_hub pointed at it and cut off from any real login."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf_home"
+    home.mkdir()
+    with HubServer(token) as server:
+        for name in ("HF_OIDC_RESOURCE", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HF_HOME", str(home))
+        monkeypatch.setenv("HF_TOKEN", token)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        # huggingface_hub reads these once at import; patch the values it actually consults.
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+        # The stand-in speaks the LFS batch API, not Xet.
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+        yield server

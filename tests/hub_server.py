@@ -3,8 +3,9 @@
 `HubServer` runs a threaded `http.server` on 127.0.0.1 and answers the requests the real
 `huggingface_hub` client sends when it publishes a dataset: whoami, repo creation, branches,
 tree / paths-info listings, preupload (regular vs LFS), the Git LFS batch API with the basic
-transfer (a PUT to a pre-signed URL, then verify), the NDJSON commit endpoint, and file
-downloads (`resolve`). Repositories, commits and LFS objects live in memory.
+transfer (a PUT to a pre-signed URL, then verify), the NDJSON commit endpoint (additions,
+deletions, and the 412 the Hub answers when `parentCommit` is no longer the branch head), and
+file downloads (`resolve`). Repositories, commits and LFS objects live in memory.
 
 Every request is recorded (method, path with query, headers, body) so a test can check where
 the token travelled, and every API request must carry `Authorization: Bearer <token>`;

@@ -1,4 +1,9 @@
-"""Publishing a build to the Hub, against the in-process stand-in server of hub_server.py."""
+"""Publishing a build to the Hub: the real huggingface_hub client against hub_server.py.
+
+`HubServer` stands in for the real Hugging Face Hub: it answers the Hub's own HTTP API (tree
+listings, preupload, the LFS batch API, the NDJSON commit endpoint), so what these tests see the
+client send is what the real Hub would receive.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import hashlib
 import json
 import logging
 import secrets
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,86 +21,90 @@ import pyarrow.parquet as pq
 import pytest
 
 from hub_server import HubServer
-from ncagen.publish import PublishError, dataset_files, main, publish
+from ncagen import publish as publish_module
+from ncagen.publish import PublishError, load_build, main, publish
+from ncagen.shards import MANIFEST
 
 # huggingface_hub's LFS PUT passes a file as `data=`, which its HTTP client flags as deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 REPO = "ncagen-org/nca-test"
-BIG = "data/band_50_100/shard-00001.parquet"
-SMALL = "data/band_50_100/shard-00000.parquet"
-EXPECTED = {"README.md", "ncagen.json", SMALL, BIG, "figures/ratios.png"}
+SHARDS = "data/band_50_100"
+SMALL = f"{SHARDS}/train-00000-of-00002.parquet"
+BIG = f"{SHARDS}/train-00001-of-00002.parquet"
+FIGURE = "figures/ratios.png"
+EXPECTED = {"README.md", MANIFEST, SMALL, BIG, FIGURE}
+REFUSAL_FIX = "rerun its build command to finish it"
+
+
+def write_manifest(root: Path, *, complete: bool = True) -> None:
+    """Write the manifest the way a build leaves it: every shard under data/ with its checksum."""
+    shards = {}
+    for path in sorted((root / "data").rglob("*.parquet")):
+        content = path.read_bytes()
+        shards[path.relative_to(root).as_posix()] = {
+            "rows": pq.read_metadata(path).num_rows,
+            "tokens": 0,
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "bytes": len(content),
+        }
+    manifest = {"format": 1, "complete": complete, "shards": shards}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def write_shard(root: Path, rel: str, rows: int, seed: int = 0) -> None:
+    """A small Parquet shard at root/rel."""
+    rng = np.random.default_rng(seed)
+    table = pa.table(
+        {"seed": pa.array(np.arange(rows, dtype=np.int64)), "ratio": pa.array(rng.random(rows))}
+    )
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / rel)
 
 
 def write_build(root: Path) -> Path:
-    """A hand-made build directory: card, manifest, two shards (one over 10 MB), a figure, junk."""
+    """A hand-made complete build: card, manifest, two shards (one over 10 MB), a figure, junk."""
     rng = np.random.default_rng(0)
-    shards = root / "data" / "band_50_100"
-    shards.mkdir(parents=True)
+    (root / SHARDS).mkdir(parents=True)
     (root / "README.md").write_text("---\nlicense: mit\n---\n# NCA test set\n")
-    (root / "ncagen.json").write_text(json.dumps({"format": 1}))
-    small = pa.table(
-        {"seed": pa.array(np.arange(8, dtype=np.int64)), "ratio": pa.array(rng.random(8))}
-    )
-    pq.write_table(small, shards / "shard-00000.parquet")
+    write_shard(root, SMALL, rows=8)
     rows = [rng.bytes(1 << 20) for _ in range(11)]  # incompressible, so the file stays over 10 MB
     pq.write_table(
         pa.table({"tokens": pa.array(rows, pa.binary())}), root / BIG, compression="none"
     )
     (root / "figures").mkdir()
-    (root / "figures" / "ratios.png").write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(2000))
-    (shards / "shard-00002.parquet.tmp").write_bytes(b"half a shard")  # a writer's temp file
+    (root / FIGURE).write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(2000))
+    (root / SHARDS / "train-00002-of-00002.parquet.1f2e3d4c.tmp").write_bytes(b"half a shard")
     (root / ".cache").mkdir()
     (root / ".cache" / "state.json").write_text("{}")
     (root / ".DS_Store").write_bytes(b"\0")
+    write_manifest(root)
     assert (root / BIG).stat().st_size > 10 * 1024 * 1024
     return root
 
 
-def local_bytes(root: Path) -> dict[str, bytes]:
-    """Content of every file of the build that should be published."""
-    return {p: (root / p).read_bytes() for p in EXPECTED}
+def local_bytes(root: Path, paths=EXPECTED) -> dict[str, bytes]:
+    """Content of files of the build, by repo path."""
+    return {p: (root / p).read_bytes() for p in paths}
+
+
+def commit_requests(hub: HubServer) -> list[tuple[dict, list[dict]]]:
+    """(header, operations) of every commit request the server received."""
+    out = []
+    for request in hub.requests_to("POST", "/commit/"):
+        lines = [json.loads(line) for line in request.body.splitlines() if line.strip()]
+        header = next(line["value"] for line in lines if line["key"] == "header")
+        out.append((header, [line for line in lines if line["key"] != "header"]))
+    return out
 
 
 def commit_ops(hub: HubServer) -> list[list[dict]]:
     """The operations of every commit request the server received, one list per request."""
-    out = []
-    for request in hub.requests_to("POST", "/commit/"):
-        lines = [json.loads(line) for line in request.body.splitlines() if line.strip()]
-        out.append([line for line in lines if line["key"] != "header"])
-    return out
+    return [ops for _, ops in commit_requests(hub)]
 
 
-@pytest.fixture
-def token() -> str:
-    return "hf_" + secrets.token_urlsafe(24)
-
-
-@pytest.fixture
-def hub(token, tmp_path, monkeypatch):
-    """A running stand-in Hub, huggingface_hub pointed at it and cut off from any real login."""
-    from huggingface_hub import constants
-
-    home = tmp_path / "hf_home"
-    home.mkdir()
-    with HubServer(token) as server:
-        for name in ("HF_OIDC_RESOURCE", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("HF_HOME", str(home))
-        monkeypatch.setenv("HF_TOKEN", token)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        # huggingface_hub reads these once at import; patch the values it actually consults.
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-        # The stand-in speaks the LFS batch API, not Xet.
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
-        yield server
+def data_files(files) -> set[str]:
+    return {p for p in files if p.startswith("data/")}
 
 
 @pytest.fixture
@@ -102,11 +112,28 @@ def build(tmp_path) -> Path:
     return write_build(tmp_path / "build")
 
 
-def test_dataset_files_skip_hidden_and_temporary(build):
-    files = dataset_files(build)
+@pytest.fixture
+def memory_url(build):
+    """The build copied into fsspec's in-process memory filesystem, as a memory:// URL."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    path = f"/ncagen-test-{secrets.token_hex(6)}"
+    memory.put(str(build), path, recursive=True)
+    yield f"memory:/{path}"
+    memory.rm(path, recursive=True)
+
+
+def test_build_files_skip_hidden_and_temporary_and_carry_manifest_sha256(build):
+    files = load_build(build).files
+
     assert {f.path for f in files} == EXPECTED
-    assert [f.path for f in files][-2:] == ["README.md", "ncagen.json"]  # the card goes last
+    assert [f.path for f in files][-2:] == ["README.md", MANIFEST]  # the card goes last
     assert all(f.size == (build / f.path).stat().st_size for f in files)
+    recorded = json.loads((build / MANIFEST).read_text())["shards"]
+    assert {f.path: f.sha256 for f in files if f.sha256} == {
+        p: e["sha256"] for p, e in recorded.items()
+    }
 
 
 def test_publish_uploads_every_file_byte_identical(hub, build, tmp_path):
@@ -115,12 +142,12 @@ def test_publish_uploads_every_file_byte_identical(hub, build, tmp_path):
     assert not report.dry_run and report.revision == "main"
     assert {f.path for f in report.uploaded} == EXPECTED
     assert report.uploaded_bytes == sum(len(b) for b in local_bytes(build).values())
-    assert report.unchanged == () and len(report.commits) == 1
+    assert report.unchanged == () and report.deleted == () and report.commit is not None
     assert report.url == f"{hub.url}/datasets/{REPO}"
     remote = hub.files(REPO)
     assert set(remote) == EXPECTED | {".gitattributes"}
     assert {p: remote[p] for p in EXPECTED} == local_bytes(build)
-    big_oid = hub.repo(REPO).commits[report.commits[0]][BIG].sha256
+    big_oid = hub.repo(REPO).commits[report.commit][BIG].sha256
     assert big_oid in hub.lfs_puts  # the large shard went through the LFS batch API + PUT
     assert all(
         r.headers.get("authorization") is None for r in hub.requests_to("PUT", "/_lfs_storage/")
@@ -140,26 +167,26 @@ def test_second_publish_uploads_nothing(hub, build):
 
     report = publish(build, REPO, endpoint=hub.url)
 
-    assert report.uploaded == () and report.commits == ()
-    assert set(report.unchanged) == EXPECTED and report.remote_only == ()
+    assert report.uploaded == () and report.commit is None
+    assert set(report.unchanged) == EXPECTED and report.deleted == ()
     assert hub.commit_count(REPO) == commits and len(hub.lfs_puts) == puts
     new = hub.requests[requests:]
     assert not any("/commit/" in r.path or "/preupload/" in r.path or "lfs" in r.path for r in new)
 
 
-def test_changing_one_file_uploads_just_that_file(hub, build):
+def test_changing_one_shard_uploads_just_it_and_the_manifest(hub, build):
     publish(build, REPO, endpoint=hub.url)
     commits, puts = hub.commit_count(REPO), len(hub.lfs_puts)
-    table = pa.table({"seed": pa.array(np.arange(9, dtype=np.int64))})
-    pq.write_table(table, build / SMALL)
+    write_shard(build, SMALL, rows=9, seed=1)
+    write_manifest(build)
 
     report = publish(build, REPO, endpoint=hub.url)
 
-    assert [f.path for f in report.uploaded] == [SMALL]
-    assert set(report.unchanged) == EXPECTED - {SMALL}
+    assert [f.path for f in report.uploaded] == [SMALL, MANIFEST]
+    assert set(report.unchanged) == EXPECTED - {SMALL, MANIFEST}
     assert hub.commit_count(REPO) == commits + 1
-    assert [[op["value"]["path"] for op in ops] for ops in commit_ops(hub)][-1] == [SMALL]
-    assert len(hub.lfs_puts) == puts + 1  # only the changed shard's bytes were sent
+    assert [[op["value"]["path"] for op in ops] for ops in commit_ops(hub)][-1] == [SMALL, MANIFEST]
+    assert len(hub.lfs_puts) == puts + 1  # only the changed shard's bytes went through LFS
     assert hub.files(REPO)[SMALL] == (build / SMALL).read_bytes()
 
 
@@ -178,12 +205,14 @@ def test_interrupted_publish_resumes_without_resending(hub, build):
     assert {p: hub.files(REPO)[p] for p in EXPECTED} == local_bytes(build)
 
 
-def test_batches_commit_in_order_data_before_card(hub, build):
-    report = publish(build, REPO, endpoint=hub.url, files_per_commit=2)
+def test_content_is_preuploaded_in_batches_then_committed_once(hub, build):
+    report = publish(build, REPO, endpoint=hub.url, files_per_batch=2)
 
-    assert len(report.commits) == 3
-    paths = [[op["value"]["path"] for op in ops] for ops in commit_ops(hub)]
-    assert paths[-1] == ["ncagen.json"] and "README.md" in paths[-2]
+    assert len(hub.requests_to("POST", "/preupload/")) == 3  # 5 files, 2 a batch
+    assert hub.commit_count(REPO) == 2 and len(commit_ops(hub)) == 1
+    paths = [op["value"]["path"] for op in commit_ops(hub)[0]]
+    assert paths == [f.path for f in report.uploaded]
+    assert paths[-2:] == ["README.md", MANIFEST]  # data first, the card last
 
 
 def test_revision_creates_branch_and_leaves_main(hub, build):
@@ -195,14 +224,52 @@ def test_revision_creates_branch_and_leaves_main(hub, build):
     assert publish(build, REPO, endpoint=hub.url, revision="v1-draft").uploaded == ()
 
 
-def test_files_only_on_hub_are_reported_not_deleted(hub, build):
+def test_rebuild_with_other_shards_replaces_them_in_one_commit(hub, build, capsys):
+    """Old and new shards never sit side by side on the branch, and data is never missing."""
+    first = publish(build, REPO, endpoint=hub.url)
+    old_head = hub.repo(REPO).branches["main"]
+    assert old_head == first.commit
+    (build / SMALL).unlink()
+    (build / BIG).unlink()
+    merged = f"{SHARDS}/train-00000-of-00001.parquet"
+    write_shard(build, merged, rows=20, seed=2)
+    write_manifest(build)
+    requests = len(hub.requests)
+
+    assert main([str(build), "--repo", REPO]) == 0
+
+    assert set(hub.files(REPO)) == {"README.md", MANIFEST, merged, FIGURE, ".gitattributes"}
+    assert hub.files(REPO)[merged] == (build / merged).read_bytes()
+    history = hub.repo(REPO).history("main")
+    assert history[1] == old_head and len(history) == 3  # exactly one commit on top
+    snapshots = [data_files(hub.repo(REPO).commits[oid]) for oid in history]
+    assert snapshots == [{merged}, {SMALL, BIG}, set()]
+    [(header, ops)] = commit_requests(hub)[1:]
+    assert header["parentCommit"] == old_head  # planned against, and committed on, that head
+    assert sorted((op["key"], op["value"]["path"]) for op in ops) == sorted(
+        [("lfsFile", merged), ("file", MANIFEST), ("deletedFile", SMALL), ("deletedFile", BIG)]
+    )
+    assert not any("/commit/" in r.path for r in hub.requests[requests:-1])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("uploaded 2 files") and "deleted 2 stale files in one commit" in out[0]
+    assert out[1:3] == [f"  deleted {SMALL}", f"  deleted {BIG}"]
+    assert out[-1] == f"{hub.url}/datasets/{REPO}"
+
+
+def test_only_dataset_files_are_deleted_from_the_hub(hub, build):
+    from huggingface_hub import HfApi
+
     publish(build, REPO, endpoint=hub.url)
-    (build / "figures" / "ratios.png").unlink()
+    api = HfApi(endpoint=hub.url)
+    for path in ("notes.md", ".github/workflow.yml", "upload.partial"):
+        api.upload_file(path_or_fileobj=b"x", path_in_repo=path, repo_id=REPO, repo_type="dataset")
+    (build / FIGURE).unlink()
 
     report = publish(build, REPO, endpoint=hub.url)
 
-    assert report.remote_only == ("figures/ratios.png",)
-    assert "figures/ratios.png" in hub.files(REPO)
+    assert report.deleted == (FIGURE, "notes.md") and report.uploaded == ()
+    kept = {".gitattributes", ".github/workflow.yml", "upload.partial"}  # not dataset files
+    assert set(hub.files(REPO)) == (EXPECTED - {FIGURE}) | kept
 
 
 def test_token_travels_only_in_authorization_header(hub, build, token, capsys, caplog, monkeypatch):
@@ -213,7 +280,8 @@ def test_token_travels_only_in_authorization_header(hub, build, token, capsys, c
     caplog.set_level(logging.DEBUG, logger="huggingface_hub")
 
     assert main([str(build), "--repo", REPO]) == 0
-    (build / SMALL).write_bytes(b"changed")
+    write_shard(build, SMALL, rows=3, seed=3)
+    write_manifest(build)
     assert main([str(build), "--repo", REPO, "--revision", "dev"]) == 0
 
     secret = token.encode()
@@ -246,6 +314,65 @@ def test_dry_run_lists_files_and_contacts_nothing(hub, build, capsys, monkeypatc
 
 
 @pytest.mark.parametrize(
+    "case",
+    [
+        "not complete",
+        "no complete flag",
+        "missing shard",
+        "extra shard",
+        "resized shard",
+        "not complete, dry run",
+    ],
+)
+def test_unfinished_build_is_refused_before_contacting_the_hub(case, hub, build, capsys):
+    manifest = json.loads((build / MANIFEST).read_text())
+    args = [str(build), "--repo", REPO]
+    if case.startswith("not complete"):
+        manifest["complete"] = False
+    elif case == "no complete flag":
+        del manifest["complete"]
+    elif case == "missing shard":
+        (build / BIG).unlink()
+    elif case == "extra shard":
+        write_shard(build, f"{SHARDS}/train-00002-of-00002.parquet", rows=4)
+    elif case == "resized shard":
+        with open(build / SMALL, "ab") as fh:
+            fh.write(b"\0")
+    if case.endswith("dry run"):
+        args.append("--dry-run")
+    (build / MANIFEST).write_text(json.dumps(manifest))
+
+    assert main(args) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and hub.requests == []
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert REFUSAL_FIX in err
+    expected = {
+        "not complete": "is not complete (ncagen.json says complete: false)",
+        "no complete flag": "is not complete (ncagen.json says complete: null)",
+        "missing shard": f"do not match its manifest (missing: {BIG})",
+        "extra shard": f"not in the manifest: {SHARDS}/train-00002-of-00002.parquet",
+        "resized shard": f"size differs: {SMALL} is",
+        "not complete, dry run": "is not complete",
+    }[case]
+    assert expected in err
+
+
+def test_shard_whose_content_differs_from_the_manifest_is_never_committed(hub, build, capsys):
+    content = bytearray((build / SMALL).read_bytes())
+    content[len(content) // 2] ^= 0xFF  # same size, other bytes
+    (build / SMALL).write_bytes(bytes(content))
+
+    assert main([str(build), "--repo", REPO]) == 2
+
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"{SMALL} in {build} does not hold what" in err
+    assert REFUSAL_FIX in err
+    assert hub.commit_count(REPO) == 1 and commit_ops(hub) == []
+
+
+@pytest.mark.parametrize(
     "case", ["missing dir", "not a build", "bad repo id", "missing token", "rejected token"]
 )
 def test_cli_errors_are_one_line_with_status_2(
@@ -255,7 +382,7 @@ def test_cli_errors_are_one_line_with_status_2(
     if case == "missing dir":
         target = tmp_path / "nowhere"
     elif case == "not a build":
-        (build / "ncagen.json").unlink()
+        (build / MANIFEST).unlink()
     elif case == "bad repo id":
         repo = "not a/repo--id"
     elif case == "missing token":
@@ -281,6 +408,63 @@ def test_cli_errors_are_one_line_with_status_2(
         assert hub.requests == []
 
 
+def test_publish_from_memory_url_stages_one_batch_and_hashes_no_shard(
+    hub, build, memory_url, tmp_path, monkeypatch
+):
+    """An object-store build (memory:// here, s3:// alike) goes through the same code path."""
+    from huggingface_hub import HfApi
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the staging folder goes
+    staged_at_commit = []
+    create_commit = HfApi.create_commit
+
+    def spy_create_commit(self, *args, **kwargs):
+        staged = (p.relative_to(scratch).parts[1:] for p in scratch.rglob("*") if p.is_file())
+        staged_at_commit.append(sorted("/".join(parts) for parts in staged))
+        return create_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "create_commit", spy_create_commit)
+
+    report = publish(memory_url, REPO, endpoint=hub.url)
+
+    assert {f.path for f in report.uploaded} == EXPECTED
+    assert {p: hub.files(REPO)[p] for p in EXPECTED} == local_bytes(build)
+    assert set(hub.files(REPO)) == EXPECTED | {".gitattributes"}
+    # LFS content left the staging folder once the Hub held it; small regular files wait there.
+    assert staged_at_commit == [["README.md", MANIFEST]]
+    assert list(scratch.iterdir()) == []
+
+    hashed = []
+    digest = publish_module._digest
+    monkeypatch.setattr(
+        publish_module, "_digest", lambda b, f, d: hashed.append(f.path) or digest(b, f, d)
+    )
+    again = publish(memory_url, REPO, endpoint=hub.url)
+
+    assert again.commit is None and set(again.unchanged) == EXPECTED
+    assert hashed and not data_files(hashed)  # shards compared by the manifest's SHA-256
+
+
+def test_memory_url_refusals_are_one_line(hub, memory_url, capsys):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    path = memory_url.removeprefix("memory:/")
+    manifest = json.loads(memory.cat(f"{path}/{MANIFEST}"))
+    memory.pipe(f"{path}/{MANIFEST}", json.dumps({**manifest, "complete": False}).encode())
+
+    assert main([memory_url, "--repo", REPO]) == 2
+    assert main(["memory://ncagen-test-nowhere", "--repo", REPO]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and hub.requests == []
+    first, second = err.splitlines()
+    assert f"the build in {memory_url} is not complete" in first and REFUSAL_FIX in first
+    assert "memory://ncagen-test-nowhere: no such directory" in second
+
+
 def test_server_pages_tree_and_answers_paths_info(hub, build):
     from huggingface_hub import HfApi
 
@@ -295,3 +479,35 @@ def test_server_pages_tree_and_answers_paths_info(hub, build):
     assert len(hub.requests_to("GET", "/tree/main")) > 3  # followed the Link header page by page
     info = api.get_paths_info(REPO, ["README.md", "data", "missing.txt"], repo_type="dataset")
     assert sorted(e.path for e in info) == ["README.md", "data"]
+
+
+def test_branch_moving_after_the_plan_fails_the_commit_and_deletes_nothing(
+    hub, build, monkeypatch
+):
+    from huggingface_hub import HfApi
+
+    publish(build, REPO, endpoint=hub.url)
+    (build / FIGURE).unlink()
+    write_shard(build, SMALL, rows=5, seed=4)
+    write_manifest(build)
+    preupload, moved = HfApi.preupload_lfs_files, []
+
+    def someone_commits_meanwhile(self, *args, **kwargs):
+        if not moved:
+            moved.append(True)
+            HfApi(endpoint=hub.url).upload_file(
+                path_or_fileobj=b"theirs",
+                path_in_repo="notes.md",
+                repo_id=REPO,
+                repo_type="dataset",
+            )
+        return preupload(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "preupload_lfs_files", someone_commits_meanwhile)
+    with pytest.raises(PublishError, match="HTTP 412"):
+        publish(build, REPO, endpoint=hub.url)
+
+    assert FIGURE in hub.files(REPO) and hub.files(REPO)["notes.md"] == b"theirs"
+    report = publish(build, REPO, endpoint=hub.url)  # a rerun plans against the new head
+    assert report.deleted == (FIGURE, "notes.md")
+    assert set(hub.files(REPO)) == (EXPECTED - {FIGURE}) | {".gitattributes"}

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ncagen.build import BuildConfig, plan
+from ncagen.plan import BuildConfig, plan
 from ncagen.config import Band, ConfigError, NCAConfig
 from ncagen.stream import NCAStream, nca_iterable_dataset, read_build, shard_tasks, stream_loader
 

@@ -1,0 +1,150 @@
+"""The command lines: flags -> a validated config -> one library call -> one-line errors.
+
+Exit status: 0 done; 2 the command was refused before anything was written (bad input, an
+unreachable band, no GPU to be had, the directory busy or holding something else); 1 the
+environment failed mid-way (disk full, storage unreachable, permission denied): what was
+written is kept, and rerunning the same command resumes; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+
+from .config import ConfigError, NCAConfig
+from .plan import DEFAULT_SHARD_ROWS, BuildConfig
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_amount(text: str, minimum: int = 1) -> int:
+    """'200M' -> 200_000_000; plain integers pass through; inf, nan and fractions are refused."""
+    t = text.strip().upper()
+    num, scale = (t[:-1], _SUFFIX[t[-1]]) if t[-1:] in _SUFFIX and t[-1:] else (t, 1)
+    try:
+        value = float(num) * scale
+    except ValueError:
+        raise ConfigError(f"amount {text!r} is not a number with an optional K/M/B suffix") from None
+    if not math.isfinite(value) or value != int(value) or value < minimum:
+        raise ConfigError(f"amount {text!r} must be a whole number >= {minimum}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .generate import DEFAULT_BATCH
+    from .worker import GPU_BATCH
+
+    d = NCAConfig()
+    p = Parser(prog="python -m ncagen.build",
+               description="Build an NCA trajectory dataset: sharded Parquet, manifest, card.")
+    p.add_argument("--band", action="append", help="complexity band LO-HI, repeatable (default 0.5-1.0)")
+    p.add_argument("--states", action="append", type=int, help="alphabet size, repeatable (default 10)")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--rows", help="train rows per partition (K/M/B suffixes allowed)")
+    amount.add_argument("--tokens", help="train tokens per partition, e.g. 200M")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-rows", help="validation rows per partition (rules disjoint from train)")
+    val.add_argument("--val-fraction", type=float, default=0.0, help="validation rows as a fraction of train")
+    p.add_argument("--out", required=True, help="output directory: a local path or an object-store "
+                   "URL (s3://bucket/prefix)")
+    p.add_argument("--shared-fs", action="store_true", help="assert that a local --out is a shared "
+                   "filesystem (NFS) mounted at the same path on every Ray node")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-rows", default=str(DEFAULT_SHARD_ROWS), help="rows per Parquet file")
+    p.add_argument("--grid", type=int, default=d.grid)
+    p.add_argument("--patch", type=int, default=d.patch)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--burn-in", type=int, default=d.burn_in)
+    p.add_argument("--dt", type=int, default=d.dt)
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--identity-bias", type=float, default=d.identity_bias)
+    p.add_argument("--sims-per-rule", type=int, default=d.sims_per_rule)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (rollouts; gzip is always on CPU)")
+    p.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray: Ray workers (an embedded local Ray unless --address); local: this process")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--workers", type=int, help="CPU workers to run at once (default: one per core)")
+    p.add_argument("--batch", type=int, help=f"candidates rolled out per batch "
+                   f"(default {DEFAULT_BATCH} on CPU, {GPU_BATCH} on a GPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace a build with a different config")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    """Flags -> a validated BuildConfig (raises ConfigError)."""
+    from .config import Band
+
+    bands = tuple(Band.parse(b) for b in (args.band or ["0.5-1.0"]))
+    states = tuple(args.states or [10])
+    if len(set(bands)) != len(bands) or len(set(states)) != len(states):
+        raise ConfigError("a --band or --states value is repeated")
+    if args.rows is None and args.tokens is None:
+        raise ConfigError("give the amount per partition with --rows or --tokens")
+    nca = NCAConfig(states=states[0], grid=args.grid, patch=args.patch, seq_len=args.seq_len,
+                    burn_in=args.burn_in, dt=args.dt, temperature=args.temperature,
+                    identity_bias=args.identity_bias, sims_per_rule=args.sims_per_rule)
+    return BuildConfig(
+        out=args.out, bands=bands, states=states,
+        rows=parse_amount(args.rows) if args.rows is not None else None,
+        tokens=parse_amount(args.tokens) if args.tokens is not None else None,
+        val_rows=parse_amount(args.val_rows, minimum=0) if args.val_rows is not None else None,
+        val_fraction=args.val_fraction, shard_rows=parse_amount(args.shard_rows), seed=args.seed,
+        nca=nca, device=args.device, executor=args.executor, address=args.address,
+        workers=args.workers, batch=args.batch, overwrite=args.overwrite,
+        shared_fs=args.shared_fs)
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The error a user should see, unwrapped from Ray's task error if need be."""
+    while getattr(e, "cause", None) is not None and e.cause is not e:
+        e = e.cause
+    return e
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e.args[0] if e.args else e)
+    return " ".join(text.split()) if "\n" not in text.strip() else text.strip().splitlines()[0]
+
+
+def build_main(argv: list[str]) -> int:
+    """`python -m ncagen.build`; returns the exit status."""
+    from .build import build, summary
+    from .generate import BandUnreachable
+    from .lock import LockedError
+    from .storage import StorageError, describe_error
+    from .worker import DeviceError
+
+    args = build_parser().parse_args(argv)
+    refused = (ConfigError, ValueError, BandUnreachable, DeviceError, LockedError)
+    try:
+        cfg = config_from_args(args)
+        command = "python -m ncagen.build " + " ".join(shlex.quote(a) for a in argv)
+        manifest = build(cfg, command)
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 (sorted below; anything else is a bug: re-raised)
+        cause = root_cause(e)
+        if isinstance(cause, refused):
+            print(f"error: {one_line(cause)}", file=sys.stderr)
+            return 2
+        if isinstance(cause, StorageError):
+            print(f"error: {one_line(cause)}", file=sys.stderr)
+            return 1
+        if isinstance(cause, OSError):
+            print(f"error: {describe_error(cause, args.out)}", file=sys.stderr)
+            return 1
+        raise
+    print(summary(manifest, cfg.out))
+    return 0

@@ -1,0 +1,219 @@
+"""Where the shards run: one after another in this process, or as Ray tasks on a cluster.
+
+An executor is set up before anything is written, so what it finds out (no GPU can be had, a
+local --out on a cluster of several nodes) is an input error and costs nothing. It then runs
+the shards it is given, calling `on_running(task, rows_so_far)` as rows are made and
+`on_result(task, record)` as shards finish.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .config import ConfigError
+from .plan import BuildConfig, ShardTask
+from .worker import DeviceError, pick_device, run_shard
+
+MAX_RETRIES = 4  # Ray reruns a shard whose worker process or node died this many times
+POLL_SECONDS = 1.0  # how often the driver collects the workers' running row counts
+
+
+class LocalExecutor:
+    """Every shard in this process, in plan order."""
+
+    def __init__(self, cfg: BuildConfig):
+        self.cfg = cfg
+        self.device = "cpu"
+
+    def setup(self, todo: int) -> None:
+        fallback = self.cfg.device == "auto"
+        self.device = pick_device("cuda" if fallback else self.cfg.device, fallback) \
+            if self.cfg.device != "cpu" else "cpu"
+
+    def run(self, tasks: list[ShardTask], on_running, on_result) -> None:
+        for task in tasks:
+            report = lambda rows, t=task: on_running(t, rows)  # noqa: E731
+            on_result(task, run_shard(task, self.cfg.out, self.device, self.cfg.batch,
+                                      report=report))
+
+    def close(self) -> None:
+        pass
+
+
+def ray_init_kwargs(cfg: BuildConfig) -> dict:
+    """ray.init arguments: join --address / RAY_ADDRESS, else start a private local Ray."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    common = {"configure_logging": False, "log_to_driver": True}
+    if address is not None:
+        return {"address": address, **common}
+    # "local" starts a fresh instance even when a `ray start` cluster runs on this machine; the
+    # object store only carries task arguments and results (shards go straight to storage).
+    return {"address": "local", "include_dashboard": False,
+            "object_store_memory": 200 * 2**20, **common}
+
+
+def cluster_view(nodes: list[dict], max_resources: dict | None) -> dict:
+    """What the build needs to know of a cluster: its nodes now and what it can grow to."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    return {
+        "nodes": len(alive),
+        "gpus": sum(r.get("GPU", 0) for r in alive),
+        "cpus": [int(r.get("CPU", 0)) for r in alive],
+        "can_grow": max_resources is not None,  # an autoscaler config is published
+        "max_gpus": (max_resources or {}).get("GPU", 0),
+    }
+
+
+def task_options(cfg: BuildConfig, view: dict, todo: int, private: bool) -> tuple[dict, str, bool]:
+    """Ray options of one shard task, the device it asks for, and whether a CUDA request may
+    fall back to the CPU where none is visible. Raises DeviceError when no GPU can be had.
+
+    GPU tasks reserve one GPU and one CPU, and size their threads on their node (the node's
+    CPUs per GPU); CPU tasks reserve cores / --workers CPUs each, else one per task, or more when
+    there are fewer shards to build than cores.
+    """
+    can_get_gpu = view["gpus"] > 0 or view["max_gpus"] > 0
+    explicit = cfg.device.startswith("cuda")
+    if explicit and not can_get_gpu:
+        where = "this machine" if private else "the Ray cluster"
+        grow = "" if private else " and its autoscaler can add none"
+        raise DeviceError(f"--device {cfg.device}: {where} has no GPU{grow}; "
+                          f"use --device cpu or auto")
+    if explicit or (cfg.device == "auto" and can_get_gpu):
+        return {"num_gpus": 1, "num_cpus": 1}, "cuda", not explicit
+    total, biggest = sum(view["cpus"]), max(view["cpus"], default=1)
+    per = max(1, min(total // (cfg.workers or max(todo, 1)), biggest))
+    env = {"env_vars": {"NUMBA_NUM_THREADS": str(per), "OMP_NUM_THREADS": str(per)}}
+    return {"num_cpus": per, "runtime_env": env}, "cpu", False
+
+
+class RayExecutor:
+    """Shards as Ray tasks; Ray itself reruns a task whose worker or node died."""
+
+    def __init__(self, cfg: BuildConfig):
+        self.cfg, self.started, self.opts, self.device, self.fallback = cfg, False, {}, "cpu", False
+        self.out = cfg.out if "://" in cfg.out else os.path.abspath(cfg.out)  # jobs run elsewhere
+        self.view: dict = {}
+
+    def setup(self, todo: int) -> None:
+        """Start or join Ray; check the cluster against the build (nothing is written yet)."""
+        import ray
+
+        init = ray_init_kwargs(self.cfg)
+        private = init["address"] == "local"
+        if private:
+            _private_token()
+        if not ray.is_initialized():
+            ray.init(**init)
+            self.started = True
+        self.view = cluster_view(ray.nodes(), None if private else _max_resources())
+        self.check_storage()
+        self.opts, self.device, self.fallback = task_options(self.cfg, self.view, todo, private)
+        if self.cfg.device == "auto" and self.device == "cpu" and not private:
+            print("[ncagen] no GPU node is up and the cluster cannot add one: building on CPUs "
+                  "(--device cuda waits for GPU nodes an autoscaler adds)", file=sys.stderr)
+
+    def check_storage(self) -> None:
+        """A local --out on a cluster of several nodes would scatter shards over their disks."""
+        from .storage import is_url
+
+        several = self.view["nodes"] > 1 or self.view["can_grow"]
+        if several and not is_url(self.cfg.out) and not self.cfg.shared_fs:
+            raise ConfigError(
+                f"--out {self.cfg.out} is a local path, but the Ray cluster has "
+                f"{'several nodes' if self.view['nodes'] > 1 else 'an autoscaler that adds nodes'}: "
+                f"each would write shards to its own disk. Use object storage "
+                f"(--out s3://bucket/prefix), or add --shared-fs if {self.cfg.out} is a shared "
+                f"filesystem (NFS) mounted at the same path on every node")
+
+    def run(self, tasks: list[ShardTask], on_running, on_result) -> None:
+        import ray
+
+        tally = _tally_class().options(num_cpus=0).remote()
+        remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_shard)
+        remote = remote.options(**self.opts)
+        pending = {remote.remote(t, self.out, self.device, self.cfg.batch, tally,
+                                 self.fallback): t for t in tasks}
+        refs = list(pending)
+        try:
+            while refs:
+                ready, refs = ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
+                for ref in ready:
+                    task = pending.pop(ref)
+                    on_result(task, ray.get(ref))
+                running = ray.get(tally.snapshot.remote())
+                for task in pending.values():
+                    if task.path in running:
+                        on_running(task, running[task.path])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            ray.kill(tally)
+
+    def close(self) -> None:
+        import ray
+
+        if self.started:
+            ray.shutdown()
+
+
+def _private_token() -> None:
+    """Give a private Ray a token of its own, unless the user set up token auth already.
+
+    Left alone, Ray >= 2.60 makes a token for a new local cluster and saves it in
+    ~/.ray/auth_token; from then on every `ray start` on this machine turns token auth on and a
+    plain `ray job submit` is refused. A token in the environment is used instead and saved
+    nowhere (Ray reads RAY_AUTH_TOKEN first); the workers of this private Ray inherit it.
+    """
+    import pathlib
+    import secrets
+
+    if any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    if (pathlib.Path.home() / ".ray" / "auth_token").exists():
+        return
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+def _max_resources() -> dict | None:
+    """The most resources the cluster's autoscaler may provide, or None without an autoscaler."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API: without it, assume a fixed cluster
+        return None
+
+
+def _ray_shard(task: ShardTask, out: str, device: str, batch, tally, fallback: bool) -> dict:
+    """The Ray task: one shard, reporting its running row count to the driver's tally."""
+    send = lambda rows: tally.set.remote(task.path, rows)  # noqa: E731  (fire and forget)
+    send(0)  # a retried shard starts again from zero
+    return run_shard(task, out, device, batch, report=send, fallback=fallback, in_ray=True)
+
+
+def _tally_class():
+    import ray
+
+    @ray.remote
+    class Tally:
+        """Running row counts of unfinished shards, written by workers, read by the driver."""
+
+        def __init__(self):
+            self.rows: dict[str, int] = {}
+
+        def set(self, path: str, rows: int) -> None:
+            self.rows[path] = rows
+
+        def snapshot(self) -> dict:
+            return dict(self.rows)
+
+    return Tally
+
+
+def executor(cfg: BuildConfig):
+    """The executor --executor names."""
+    return RayExecutor(cfg) if cfg.executor == "ray" else LocalExecutor(cfg)

@@ -1,0 +1,142 @@
+"""What a build is: its config, and the shards it cuts into. Pure: no Ray, no files.
+
+Each shard's rows are a pure function of (generation config, seed, partition, split, shard
+index), so the dataset does not depend on the number of workers or the order they finish; the
+build, the on-the-fly stream and the Hub release all stand on this plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .config import Band, ConfigError, NCAConfig
+
+SPLITS = ("train", "validation")
+DEFAULT_SHARD_ROWS = 100_000  # ~400 MB of int32 tokens before compression
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A whole build: which partitions, how much of each, where, and how to run it."""
+
+    out: str
+    bands: tuple = (Band(0.5, 1.0),)
+    states: tuple = (10,)
+    rows: int | None = None  # train rows per partition
+    tokens: int | None = None  # or train tokens per partition
+    val_rows: int | None = None
+    val_fraction: float = 0.0
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    seed: int = 0
+    nca: NCAConfig = field(default_factory=NCAConfig)
+    device: str = "auto"
+    executor: str = "ray"
+    address: str | None = None
+    workers: int | None = None
+    batch: int | None = None  # candidates per rollout batch; None: by device
+    overwrite: bool = False
+    shared_fs: bool = False  # the user asserts a local-looking --out is shared by every node
+
+    def __post_init__(self) -> None:
+        if (self.rows is None) == (self.tokens is None):
+            raise ConfigError("give the amount per partition as exactly one of --rows or --tokens")
+        if self.train_rows < 1:
+            raise ConfigError(f"rows must be >= 1, got {self.train_rows}")
+        if not self.bands or not self.states:
+            raise ConfigError("at least one --band and one --states are needed")
+        for n in self.states:
+            dataclasses.replace(self.nca, states=n)  # validates every alphabet
+        if self.val_rows is not None and self.val_rows < 0:
+            raise ConfigError(f"val-rows must be >= 0, got {self.val_rows}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.shard_rows < 1:
+            raise ConfigError(f"shard-rows must be >= 1, got {self.shard_rows}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.executor not in ("ray", "local"):
+            raise ConfigError(f"executor must be ray or local, got {self.executor!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
+        if self.executor == "ray" and self.out.startswith("memory://"):
+            raise ConfigError("memory:// output lives inside one process; Ray workers cannot "
+                              "write to it (use --executor local, or s3://...)")
+
+    @property
+    def train_rows(self) -> int:
+        return self.rows if self.rows is not None else math.ceil(self.tokens / self.nca.seq_len)
+
+    @property
+    def validation_rows(self) -> int:
+        if self.val_rows is not None:
+            return self.val_rows
+        return round(self.train_rows * self.val_fraction)
+
+    def identity(self) -> dict:
+        """What decides the dataset's content (not where or how it runs)."""
+        return {
+            "nca": {k: v for k, v in self.nca.to_dict().items() if k != "states"},
+            "bands": [str(b) for b in self.bands],
+            "states": list(self.states),
+            "train_rows": self.train_rows,
+            "validation_rows": self.validation_rows,
+            "shard_rows": self.shard_rows,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to build: a pure description a worker can run anywhere."""
+
+    nca: NCAConfig
+    band: Band
+    config_name: str
+    split: str
+    index: int
+    count: int
+    rows: int
+    key: int
+
+    @property
+    def path(self) -> str:
+        from .shards import shard_path
+
+        return shard_path(self.config_name, self.split, self.index, self.count)
+
+
+def shard_key(seed: int, states: int, band: Band, split: str, index: int) -> int:
+    """The generation key of shard `index` of a split: a hash of (seed, partition, split, index)."""
+    from .rng import derive
+
+    return int(derive(seed, states, round(band.lo * 1e6), round(band.hi * 1e6),
+                      SPLITS.index(split), index))
+
+
+def plan(cfg: BuildConfig) -> list[ShardTask]:
+    """Every shard of the build, in a fixed order."""
+    tasks = []
+    for n in cfg.states:
+        nca = dataclasses.replace(cfg.nca, states=n)
+        for band in cfg.bands:
+            for split, total in zip(SPLITS, (cfg.train_rows, cfg.validation_rows)):
+                count = math.ceil(total / cfg.shard_rows)
+                for i in range(count):
+                    tasks.append(ShardTask(nca, band, band.name(n), split, i, count,
+                                           min(cfg.shard_rows, total - i * cfg.shard_rows),
+                                           shard_key(cfg.seed, n, band, split, i)))
+    return tasks
+
+
+def partitions(tasks: list[ShardTask]) -> dict[str, ShardTask]:
+    """The first shard of each partition, by config name (where a probe of the band starts)."""
+    first: dict[str, ShardTask] = {}
+    for t in tasks:
+        first.setdefault(t.config_name, t)
+    return first

@@ -1,0 +1,309 @@
+"""Where a build lives: a local directory or an object-store URL, behind one small interface.
+
+Every byte ncagen writes goes through `Storage.atomic_write`, so a file under its final name is
+always whole:
+- on a local (or network-mounted) filesystem the bytes go to a temporary name in the same
+  folder, are fsynced, and renamed into place (then the folder is fsynced);
+- on an object store (s3://, gs://, ...) an object becomes visible only when its upload
+  completes, but a stream that is closed after an error would still publish what it had, so
+  the bytes are first spooled to a local temporary file and uploaded whole, then the object's
+  size is checked.
+Either way the writer hands back the size and sha256 of what it wrote, so a shard's checksum is
+computed once, while it is written, and never by reading it back.
+
+Failures of the environment (disk full, permission denied, storage unreachable) surface as
+`StorageError`, whose message is one line naming the path, the cause and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+TMP_SUFFIX = ".tmp"
+_CHUNK = 1 << 22
+RESUME_HINT = "rerun the same command to resume"
+
+
+class StorageError(OSError):
+    """The build's storage failed (not the user's input); one line, no traceback."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """What an atomic write put under its final name."""
+
+    bytes: int
+    sha256: str
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file as a listing shows it."""
+
+    bytes: int
+    mtime_ns: int
+
+
+def filesystem(root: str):
+    """A pyarrow filesystem and the path of `root` inside it (local paths, s3://, fsspec URLs)."""
+    import pyarrow as pa
+    from pyarrow import fs
+
+    if "://" not in root or root.startswith("file://"):
+        path = root[len("file://"):] if root.startswith("file://") else root
+        return fs.LocalFileSystem(), os.path.abspath(path)
+    try:
+        return fs.FileSystem.from_uri(root)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec
+
+        fsys, path = fsspec.core.url_to_fs(root)
+        return fs.PyFileSystem(fs.FSSpecHandler(fsys)), path.rstrip("/")
+
+
+def is_url(root: str) -> bool:
+    """Whether `root` names an object store or another non-local filesystem."""
+    return "://" in root and not root.startswith("file://")
+
+
+def scheme(root: str) -> str:
+    """'s3', 'gs', 'memory', ... or 'file' for a local path."""
+    return root.split("://", 1)[0].lower() if is_url(root) else "file"
+
+
+def describe_error(err: BaseException, where: str) -> str:
+    """One line for an environment failure at `where`, with the fix."""
+    code = getattr(err, "errno", None)
+    text = " ".join(str(err).split()) or type(err).__name__
+    if code == errno.ENOSPC or "No space left" in text:
+        return f"no space left on the device of {where}: free space and {RESUME_HINT}"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission denied" in text \
+            or "Read-only file system" in text or "Operation not permitted" in text:
+        return f"permission denied writing {where} ({text}); fix its permissions and {RESUME_HINT}"
+    if "Bucket" in text and "not found" in text:
+        return f"the bucket of {where} does not exist: create it (or fix the name) and rerun"
+    if "AWS Error" in text or "curl" in text.lower() or "NETWORK_CONNECTION" in text \
+            or "Could not connect" in text or "onnection refused" in text:
+        return (f"storage unreachable or refusing requests at {where} ({text[:200]}); check the "
+                f"endpoint and credentials, then {RESUME_HINT}")
+    return f"storage error at {where}: {text[:300]}; {RESUME_HINT}"
+
+
+@contextlib.contextmanager
+def storage_errors(where: str) -> Iterator[None]:
+    """Turn OSErrors (pyarrow's included) raised inside into StorageError naming `where`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (OSError, IOError) as err:  # ArrowIOError is an OSError too
+        if isinstance(err, (FileNotFoundError, FileExistsError)):
+            raise
+        raise StorageError(describe_error(err, where)) from err
+
+
+class _Hashing:
+    """A binary sink that hashes and counts what passes through it to `sink`."""
+
+    def __init__(self, sink):
+        self.sink, self.digest, self.size, self.closed = sink, hashlib.sha256(), 0, False
+        self.written: Written | None = None  # set when the atomic write has completed
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.size += view.nbytes
+        self.sink.write(view)
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:  # the storage closes the real sink; pyarrow may call this early
+        self.closed = True
+
+
+class Storage:
+    """A build directory: `root` is a local path or a URL; paths below are relative, POSIX."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.local = not is_url(root)
+        self.fs, self.base = filesystem(root)
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self.base, rel) if rel else self.base
+
+    def url(self, rel: str = "") -> str:
+        """The user-facing name of a file of the build."""
+        if self.local:
+            return os.path.join(self.base, rel) if rel else self.base
+        return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
+
+    # reading ---------------------------------------------------------------------------------
+    def kind(self, rel: str = "") -> str:
+        """'file', 'dir' or 'missing'."""
+        from pyarrow import fs
+
+        with storage_errors(self.url(rel)):
+            t = self.fs.get_file_info(self.path(rel)).type
+        return {fs.FileType.File: "file", fs.FileType.Directory: "dir"}.get(t, "missing")
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly under `rel` (empty when it does not exist)."""
+        from pyarrow import fs
+
+        with storage_errors(self.url(rel)):
+            infos = self.fs.get_file_info(fs.FileSelector(self.path(rel), allow_not_found=True))
+        return sorted(posixpath.basename(i.path) for i in infos)
+
+    def files(self, rel: str) -> dict[str, Entry]:
+        """Every file under `rel`, recursively: relative path -> Entry (one listing, no reads)."""
+        from pyarrow import fs
+
+        with storage_errors(self.url(rel)):
+            infos = self.fs.get_file_info(fs.FileSelector(self.path(rel), recursive=True,
+                                                          allow_not_found=True))
+        out = {}
+        for i in infos:
+            if i.type == fs.FileType.File:
+                out[posixpath.relpath(i.path, self.base)] = Entry(int(i.size), int(i.mtime_ns or 0))
+        return out
+
+    def entry(self, rel: str) -> Entry | None:
+        from pyarrow import fs
+
+        with storage_errors(self.url(rel)):
+            i = self.fs.get_file_info(self.path(rel))
+        return Entry(int(i.size), int(i.mtime_ns or 0)) if i.type == fs.FileType.File else None
+
+    def read_bytes(self, rel: str) -> bytes:
+        with storage_errors(self.url(rel)), self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> dict | None:
+        """A JSON file of the build, or None when it does not exist."""
+        try:
+            return json.loads(self.read_bytes(rel).decode())
+        except FileNotFoundError:
+            return None
+
+    def sha256(self, rel: str) -> tuple[int, str]:
+        """(size, sha256) of a file, read through once."""
+        digest, size = hashlib.sha256(), 0
+        with storage_errors(self.url(rel)), self.fs.open_input_stream(self.path(rel)) as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
+    def open_input(self, rel: str):
+        """A random-access file (for Parquet footers)."""
+        with storage_errors(self.url(rel)):
+            return self.fs.open_input_file(self.path(rel))
+
+    # writing ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def atomic_write(self, rel: str) -> Iterator[_Hashing]:
+        """Yield a binary sink; on a clean exit its bytes appear whole under `rel`.
+
+        After the block, `sink.written` is the Written record. On an exception nothing appears
+        under `rel` (a previous file there is left as it was).
+        """
+        with storage_errors(self.url(rel)):
+            if self.local:
+                with self._local_write(rel) as sink:
+                    yield sink
+            else:
+                with self._spooled_write(rel) as sink:
+                    yield sink
+
+    @contextlib.contextmanager
+    def _local_write(self, rel: str) -> Iterator[_Hashing]:
+        final = self.path(rel)
+        folder = os.path.dirname(final)
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{final}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                sink = _Hashing(f)
+                yield sink
+                f.flush()
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        _fsync_dir(folder)  # and the rename itself survives a power cut
+        sink.written = Written(sink.size, sink.digest.hexdigest(), os.stat(final).st_mtime_ns)
+
+    @contextlib.contextmanager
+    def _spooled_write(self, rel: str) -> Iterator[_Hashing]:
+        final = self.path(rel)
+        with tempfile.TemporaryFile(prefix="ncagen-spool-") as spool:
+            sink = _Hashing(spool)
+            yield sink
+            spool.flush()
+            spool.seek(0)
+            self.fs.create_dir(posixpath.dirname(final), recursive=True)
+            with self.fs.open_output_stream(final) as out:
+                while chunk := spool.read(_CHUNK):
+                    out.write(chunk)
+        got = self.entry(rel)
+        if got is None or got.bytes != sink.size:  # never leave a short object under its name
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(final)
+            raise StorageError(f"upload of {self.url(rel)} came out {got.bytes if got else 0} "
+                               f"bytes, not {sink.size}; {RESUME_HINT}")
+        sink.written = Written(sink.size, sink.digest.hexdigest(), got.mtime_ns)
+
+    def write_bytes(self, rel: str, data: bytes) -> Written:
+        with self.atomic_write(rel) as sink:
+            sink.write(data)
+        return sink.written
+
+    def write_json(self, rel: str, obj) -> Written:
+        return self.write_bytes(rel, json.dumps(obj, indent=2).encode() + b"\n")
+
+    def makedirs(self, rel: str = "") -> None:
+        with storage_errors(self.url(rel)):
+            self.fs.create_dir(self.path(rel), recursive=True)
+
+    def delete(self, rel: str) -> None:
+        """Remove a file or a whole folder; nothing when it is missing."""
+        kind = self.kind(rel)
+        with storage_errors(self.url(rel)):
+            if kind == "dir":
+                self.fs.delete_dir(self.path(rel))
+            elif kind == "file":
+                self.fs.delete_file(self.path(rel))
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory
+    finally:
+        os.close(fd)

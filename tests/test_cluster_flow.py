@@ -1,0 +1,150 @@
+"""The README's "try the same commands on one machine" flow, run as written.
+
+Ray >= 2.60 writes a token to ~/.ray/auth_token the first time `ray.init()` starts a private
+Ray (so the first `python -m ncagen.build` does), and from then on `ray start` turns token
+authentication on. A `ray job submit` whose shell lacks RAY_AUTH_MODE=token then sends no token
+and is refused ("Authentication required: Unauthorized: Missing authentication token"). The
+README's exports must carry the commands through that, and through a home with no token yet.
+
+What stands in for what: a real local Ray cluster (`ray start --head` on 127.0.0.1, 2 CPUs)
+stands in for the remote cluster of `ray up`; a private HOME stands in for the user's home
+(~/.ray/auth_token and all), with or without a build already run in it; the job is sent over
+HTTP with the real `ray job submit` CLI, like the one behind `ray dashboard`.
+
+Every Ray here is started in a new session with its own temp dir and free ports, and torn down
+by killing that session's processes (and the job driver's session it started), nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from procs import free_port, kill_session, processes, session_pids
+
+pytest.importorskip("ray")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The README block, line for line, except as marked: these exports hold in the user's shell for
+# every command after them.
+EXPORTS = "export RAY_AUTH_MODE=token"
+GENERATE = "ray get-auth-token --generate > /dev/null"
+START = "ray start --head --dashboard-host=127.0.0.1 --dashboard-port={dash}"
+SUBMIT = ("ray job submit --address http://127.0.0.1:{dash} --working-dir . -- "
+          "python -m ncagen.build --band 0.5-1.0 --rows 200 --seq-len 380 --out {out}")
+
+
+def isolation_flags(temp_dir: str) -> str:
+    """Flags the README leaves out: a private temp dir, 2 CPUs, loopback and free ports."""
+    ports = " ".join(f"--{name}-port={free_port()}" for name in (
+        "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
+        "dashboard-agent-grpc", "runtime-env-agent", "metrics-export"))
+    return (f" --port={free_port()} --node-ip-address=127.0.0.1 --num-cpus=2 --num-gpus=0"
+            f" --object-store-memory=200000000 --temp-dir={temp_dir} --disable-usage-stats {ports}")
+
+
+def child_sessions(sid: int) -> set[int]:
+    """Sessions that processes of session `sid` started (Ray runs each job's driver in one)."""
+    procs = processes()
+    return {s for pid, (ppid, s) in procs.items() if s != sid and procs.get(ppid, (0, 0))[1] == sid}
+
+
+def kill_tree(sid: int) -> None:
+    """Kill session `sid` and the job-driver sessions it started."""
+    for driver in child_sessions(sid):
+        kill_session(driver)
+    kill_session(sid)
+
+
+class Shell:
+    """The user's terminal: one private HOME, the README's exports before every command."""
+
+    def __init__(self, home: pathlib.Path):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        bindir = os.path.dirname(sys.executable)  # `ray` and `python` of this interpreter
+        self.env = {**env, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+                    "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
+
+    def popen(self, command: str, exports: bool = True, **kw) -> subprocess.Popen:
+        script = f"{EXPORTS}\n{command}" if exports else command
+        return subprocess.Popen(["bash", "-ec", script], cwd=REPO, env=self.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+    def run(self, command: str, exports: bool = True, timeout: float = 300) -> tuple[int, str]:
+        proc = self.popen(command, exports, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        finally:  # a job driver or a private Ray it started must not outlive the test
+            kill_tree(proc.pid)
+        return proc.returncode, out
+
+
+def wait_ready(shell: Shell, dash: int, timeout: float = 120) -> None:
+    """Until the node's job agent takes jobs (`ray start` returns before it registers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, out = shell.run(f"ray job submit --address http://127.0.0.1:{dash} -- true",
+                            timeout=120)
+        if rc == 0:
+            return
+        assert "No available agent" in out, out
+        assert time.monotonic() < deadline, "the Ray job agent never came up"
+        time.sleep(1.0)
+
+
+@pytest.mark.parametrize("built_before", [True, False], ids=["after-a-build", "fresh-home"])
+def test_readme_one_machine_flow(tmp_path, built_before):
+    home = tmp_path / "home"
+    home.mkdir()
+    shell = Shell(home)
+    # Ray's unix sockets live under the temp dir and their paths must stay under ~107 bytes
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        if built_before:
+            # the user's earlier build: its private Ray writes ~/.ray/auth_token (RAY_TMPDIR only
+            # keeps that Ray's session files out of the shared /tmp/ray)
+            rc, out = shell.run(f"RAY_TMPDIR={temp_dir} python -m ncagen.build --rows 20 "
+                                f"--seq-len 380 --out {tmp_path / 'earlier'}", exports=False)
+            assert rc == 0, out
+            assert (home / ".ray" / "auth_token").is_file()
+
+        rc, out = shell.run(GENERATE)
+        assert rc == 0, out
+        dash = free_port()
+        start = shell.popen(START.format(dash=dash) + isolation_flags(temp_dir),
+                            start_new_session=True)
+        try:
+            log, _ = start.communicate(timeout=180)
+            assert start.returncode == 0, log
+            wait_ready(shell, dash)
+            # the trap the exports avoid: without them the job server refuses the submission
+            rc, out = shell.run(f"ray job submit --address http://127.0.0.1:{dash} -- true",
+                                exports=False, timeout=120)
+            assert rc != 0 and "Missing authentication token" in out, out
+
+            out_dir = tmp_path / "nca"  # an absolute --out
+            rc, log = shell.run(SUBMIT.format(dash=dash, out=out_dir), timeout=600)
+            assert rc == 0 and "succeeded" in log, log
+            assert "[ncagen] 1/1 shards  200/200 rows" in log, log
+        finally:
+            # instead of the README's `ray stop`, which stops every Ray of this user on the
+            # machine: kill only the session this test started (and the job drivers it spawned)
+            if start.poll() is None:
+                start.kill()
+            kill_tree(start.pid)
+        assert not session_pids(start.pid)
+
+        manifest = json.loads((out_dir / "ncagen.json").read_text())
+        assert manifest["complete"] is True
+        assert manifest["partitions"]["band_50_100"]["splits"]["train"]["rows"] == 200
+        assert len(list((out_dir / "data" / "band_50_100").glob("train-*.parquet"))) == 1
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
