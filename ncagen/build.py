@@ -12,6 +12,7 @@ uninterrupted build's.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -124,7 +125,11 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
 
     # a rerun of a finished build changes nothing: its card stands (rendering reads every shard)
     card_stands = bool(manifest.get("partitions")) and not todo and store.kind("README.md") == "file"
-    runner.run(todo, lambda task, rows: progress.running(task.path, rows), on_result)
+    try:
+        runner.run(todo, lambda task, rows: progress.running(task.path, rows), on_result)
+    finally:  # temp files of attempts that died (Ray reran them) or were cut short
+        with contextlib.suppress(Exception):
+            _clean_temps(store)
     manifest["shards"] = {t.path: manifest["shards"][t.path] for t in tasks}  # plan order
     manifest["partitions"] = partition_summary(tasks, manifest["shards"])
     manifest["build_seconds"] = round(time.perf_counter() - t0, 3)

@@ -149,6 +149,8 @@ class RayExecutor:
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            if pending:  # until the cancelled workers are gone, so their temp files can go too
+                ray.wait(list(pending), num_returns=len(pending), timeout=10)
             raise
         finally:
             ray.kill(tally)

@@ -3,11 +3,12 @@
 Workers report the rows each shard has made so far (a running count per shard, so a retried
 shard starts again from zero instead of counting twice); finished shards report their result.
 On a terminal the line is redrawn in place as a bar; elsewhere (`ray job logs`, a file) plain
-lines are printed every few seconds.
+lines are printed every few seconds (NCAGEN_PROGRESS_SECONDS sets the interval).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -30,7 +31,9 @@ class Progress:
                  every: float | None = None, live: bool | None = None):
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
-        self.every = every if every is not None else (0.5 if self.live else 3.0)
+        if every is None:  # NCAGEN_PROGRESS_SECONDS overrides the default interval
+            every = float(os.environ.get("NCAGEN_PROGRESS_SECONDS") or (0.5 if self.live else 3.0))
+        self.every = every
         self.total_rows, self.total_shards, self.seq_len = total_rows, total_shards, seq_len
         self.done_rows = self.new_rows = self.shards = 0
         self.partial: dict[str, int] = {}  # shard path -> rows made so far (running shards)

@@ -45,7 +45,7 @@ def shard_workers(sid: int) -> list[int]:
             cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if cmd.startswith(b"ray::run_shard"):
+        if cmd.startswith(b"ray::_ray_shard"):
             pids.append(pid)
     return pids
 
@@ -92,7 +92,7 @@ def cluster(tmp_path_factory):
         "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
         "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_task_events_report_interval_ms": "100"}
     env.pop("RAY_ADDRESS", None)
     start = subprocess.Popen(
         [*RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -183,13 +183,17 @@ def test_job_builds_two_partitions_like_the_local_executor(cluster, tmp_path):
 
 def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
     out = tmp_path / "out"
-    args = ["--rows", "800", "--shard-rows", "200", *SMALL, "--out", str(out)]
+    args = ["--rows", "4000", "--shard-rows", "1000", *SMALL, "--out", str(out)]
     job = f"ncagen-{secrets.token_hex(4)}"
     proc = cluster.submit(args, job)
     killed = None
     deadline = time.monotonic() + 180
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        writing = list(out.rglob("*.tmp")) if out.exists() else []
+        # a worker that has been writing for a while: its task's RUNNING event (with its pid)
+        # has reached the GCS, so the failed attempt can be found by pid afterwards
+        now = time.time()
+        writing = [p for p in out.rglob("*.tmp")
+                   if now - p.stat().st_ctime > 1.0] if out.exists() else []
         workers = shard_workers(cluster.sid) if writing else []
         if workers:
             killed = workers[0]
@@ -197,13 +201,13 @@ def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
         time.sleep(0.05)
     assert killed is not None, "never saw a worker writing a shard"
     log = wait_job(proc)
-    check_dataset(out, {"band_50_100": {"train": 800}}, 200)
-    assert "[ncagen] 4/4 shards  800/800 rows" in log
+    check_dataset(out, {"band_50_100": {"train": 4000}}, 1000)
+    assert "[ncagen] 4/4 shards  4,000/4,000 rows" in log
     # Ray saw the attempt die and ran the shard again (task events arrive asynchronously)
     for _ in range(20):
         tasks = json.loads(cluster.cli("list", "tasks", "--address", cluster.dashboard, "--detail",
                                        "--format", "json", "--limit", "10000",
-                                       "--filter", "func_or_class_name=run_shard"))
+                                       "--filter", "func_or_class_name=_ray_shard"))
         attempts = [t for t in tasks if t.get("worker_pid") == killed]
         retried = {t["task_id"] for t in tasks if t["attempt_number"] > 0 and t["state"] == "FINISHED"}
         if attempts and {t["task_id"] for t in attempts} <= retried:
