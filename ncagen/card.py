@@ -12,7 +12,6 @@ rendered from the data into DIR/figures/ and linked relatively.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import posixpath

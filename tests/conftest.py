@@ -50,4 +50,10 @@ def hub(token, tmp_path, monkeypatch):
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
-        yield server
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        disable_progress_bars()  # the switch is process-wide state that other tests may flip
+        try:
+            yield server
+        finally:
+            enable_progress_bars()

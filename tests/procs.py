@@ -65,3 +65,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def child_sessions(sid: int) -> set[int]:
+    """Sessions that processes of session `sid` started (Ray runs each job's driver in one)."""
+    procs = processes()
+    return {s for pid, (ppid, s) in procs.items() if s != sid and procs.get(ppid, (0, 0))[1] == sid}
+
+
+def shard_workers(sid: int) -> list[int]:
+    """Pids of Ray workers of session `sid` that are running a shard task right now."""
+    pids = []
+    for pid in session_pids(sid):
+        try:
+            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmd.startswith(b"ray::_ray_shard"):
+            pids.append(pid)
+    return pids
+
+
+def reap_session(sid: int, wait: float = 30.0) -> list[int]:
+    """Wait for session `sid` to die out; SIGKILL and return the pids still alive after `wait`."""
+    deadline = time.monotonic() + wait
+    while session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = session_pids(sid)
+    kill_pids(left)
+    return left

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import pytest
-from procs import kill_pids, session_pids
+from procs import reap_session
 
 pytest.importorskip("ray")
 
@@ -24,14 +24,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--rows", "1600", "--shard-rows", "200", "--seq-len", "380"]  # 8 shards
 
 
-def reap_session(sid: int, wait: float = 30.0) -> list[int]:
-    """Wait for session `sid` to die out; SIGKILL and return the pids still alive after `wait`."""
-    deadline = time.monotonic() + wait
-    while session_pids(sid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = session_pids(sid)
-    kill_pids(left)
-    return left
 
 
 def shards_of(out: pathlib.Path) -> dict[str, os.stat_result]:

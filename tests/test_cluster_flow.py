@@ -30,7 +30,7 @@ import tempfile
 import time
 
 import pytest
-from procs import free_port, kill_session, processes, session_pids
+from procs import child_sessions, free_port, kill_session, session_pids
 
 pytest.importorskip("ray")
 
@@ -54,10 +54,6 @@ def isolation_flags(temp_dir: str) -> str:
             f" --object-store-memory=200000000 --temp-dir={temp_dir} --disable-usage-stats {ports}")
 
 
-def child_sessions(sid: int) -> set[int]:
-    """Sessions that processes of session `sid` started (Ray runs each job's driver in one)."""
-    procs = processes()
-    return {s for pid, (ppid, s) in procs.items() if s != sid and procs.get(ppid, (0, 0))[1] == sid}
 
 
 def kill_tree(sid: int) -> None:

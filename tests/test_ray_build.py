@@ -21,7 +21,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from procs import free_port, kill_session, processes, session_pids
+from procs import child_sessions, free_port, kill_session, shard_workers
 
 pytest.importorskip("ray")
 
@@ -30,24 +30,6 @@ RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 SMALL = ["--seq-len", "380"]
 
 
-# processes -----------------------------------------------------------------------------------
-def child_sessions(sid: int) -> set[int]:
-    """Sessions that processes of session `sid` started (Ray runs each job's driver in one)."""
-    procs = processes()
-    return {s for pid, (ppid, s) in procs.items() if s != sid and procs.get(ppid, (0, 0))[1] == sid}
-
-
-def shard_workers(sid: int) -> list[int]:
-    """Pids of Ray workers of session `sid` that are running a shard task right now."""
-    pids = []
-    for pid in session_pids(sid):
-        try:
-            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmd.startswith(b"ray::_ray_shard"):
-            pids.append(pid)
-    return pids
 
 
 # the cluster ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import pytest
-from procs import kill_pids, session_pids
+from procs import reap_session
 from s3_server import S3Server
 
 pytest.importorskip("moto")
@@ -67,13 +67,6 @@ def s3_bytes(s3, url: str) -> bytes:
         return f.read()
 
 
-def reap(sid: int, wait: float = 30.0) -> list[int]:
-    deadline = time.monotonic() + wait
-    while session_pids(sid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = session_pids(sid)
-    kill_pids(left)
-    return left
 
 
 def test_ray_build_on_s3_killed_and_resumed_equals_a_local_build(s3, env, tmp_path):
@@ -92,7 +85,7 @@ def test_ray_build_on_s3_killed_and_resumed_equals_a_local_build(s3, env, tmp_pa
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     finally:
-        assert not reap(first.pid)
+        assert not reap_session(first.pid)
     before = {p: n for p, n in s3_files(s3, url).items() if p.endswith(".parquet")}
     assert 1 <= len(before) < 8, "the kill did not land part-way"
     assert not [p for p in s3_files(s3, url) if p.endswith(".tmp")]  # nothing half-written
