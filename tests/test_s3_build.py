@@ -138,7 +138,9 @@ def test_resume_decides_from_one_listing_without_reading_shards(s3, monkeypatch,
                        or r.startswith("HEAD") for r in new), new  # listings only
     assert not [r for r in new if ".parquet" in r]
 
-    # an object replaced behind the build's back (same size, new bytes) is not trusted
+    # an object replaced behind the build's back (same size, new bytes) is not trusted; S3
+    # modification times have one-second resolution, so the replacement comes a second later
+    time.sleep(1.1)
     rel = tasks[1].path
     data = bytearray(s3_bytes(s3, f"{url}/{rel}"))
     data[-20] ^= 0xFF
