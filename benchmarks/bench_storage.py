@@ -27,6 +27,12 @@ sys.path.insert(0, str(REPO / "tests"))
 from s3_server import S3Server  # noqa: E402  (shared with the tests)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(args: list[str], env: dict) -> float:
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "ncagen.build", *args], env=env,
@@ -52,20 +58,27 @@ def main() -> None:
         tokens = int(float(a.rows)) * 1024
         timed([*base, "--rows", "50", "--out", str(work / "warm")], env)  # kernel cache warm
         runs: dict[str, list[float]] = {"local": [], "s3": []}
+        server_cpu: list[float] = []
         for rep in range(a.repeat):
             order = ("local", "s3") if rep % 2 == 0 else ("s3", "local")
             for target in order:
                 out = str(work / f"local{rep}") if target == "local" else f"{bucket}/r{rep}"
+                cpu0 = cpu_seconds(server.proc.pid)
                 runs[target].append(timed([*base, "--out", out], env))
+                extra = ""
+                if target == "s3":
+                    server_cpu.append(cpu_seconds(server.proc.pid) - cpu0)
+                    extra = f"  (the S3 server used {server_cpu[-1]:.2f} CPU-s of these cores)"
                 print(f"round {rep + 1} {target:<5} {runs[target][-1]:6.2f} s  "
-                      f"{tokens / runs[target][-1] / 1e6:5.2f}M tok/s", flush=True)
+                      f"{tokens / runs[target][-1] / 1e6:5.2f}M tok/s{extra}", flush=True)
                 if target == "local":
                     shutil.rmtree(out)
         med = {k: statistics.median(v) for k, v in runs.items()}
         print(f"medians of {a.repeat}: local {med['local']:.2f} s ({tokens / med['local'] / 1e6:.2f}M "
               f"tok/s), s3 {med['s3']:.2f} s ({tokens / med['s3'] / 1e6:.2f}M tok/s); "
               f"s3 / local tokens/s = {med['local'] / med['s3']:.3f} "
-              f"(cost {100 * (med['s3'] / med['local'] - 1):.1f}%)")
+              f"(cost {100 * (med['s3'] / med['local'] - 1):.1f}%); the S3 server itself used a "
+              f"median {statistics.median(server_cpu):.2f} CPU-s per build")
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}")
     finally:

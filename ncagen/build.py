@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import __version__
 from .config import ConfigError
@@ -87,8 +88,10 @@ def build(cfg: BuildConfig, command: str = "", progress_stream=None) -> dict:
     check_output(store, cfg)
     runner = executor(cfg)
     try:
-        runner.setup(len(tasks))
-        probe_bands(tasks, missing_partitions(store, tasks))
+        with ThreadPoolExecutor(1, thread_name_prefix="ncagen-probe") as side:
+            probe = side.submit(probe_bands, tasks, missing_partitions(store, tasks))
+            runner.setup(len(tasks))  # starting Ray hides the probe's kernel load
+            probe.result()
         with BuildLock(store):  # the first write
             return _locked_build(store, cfg, tasks, runner, command, progress_stream)
     finally:

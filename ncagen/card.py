@@ -13,11 +13,9 @@ rendered from the data into DIR/figures/ and linked relatively.
 from __future__ import annotations
 
 import io
-import os
 import posixpath
 import string
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +116,8 @@ def load_manifest(out_dir: str) -> dict:
     """The manifest of a finished build, or CardError saying why there is none to describe."""
     from pyarrow import fs
 
-    from .shards import MANIFEST, filesystem, read_manifest
+    from .shards import MANIFEST, read_manifest
+    from .storage import filesystem
 
     fsys, base = filesystem(out_dir)
     if fsys.get_file_info(base).type != fs.FileType.Directory:
@@ -140,7 +139,7 @@ def parquet_files(out_dir: str) -> list[str]:
     """Paths (relative to the build) of every finished Parquet file under data/."""
     from pyarrow import fs
 
-    from .shards import filesystem
+    from .storage import filesystem
 
     fsys, base = filesystem(out_dir)
     data = posixpath.join(base, "data")
@@ -159,7 +158,8 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig,
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .shards import STATS_KEY, filesystem, schema
+    from .shards import STATS_KEY, schema
+    from .storage import filesystem
 
     fsys, base = filesystem(out_dir)
     expected = schema(nca)
@@ -589,28 +589,19 @@ def render_figures(part: PartitionStats) -> dict[str, bytes]:
 
 
 # writing -----------------------------------------------------------------------------------
-def _write(out_dir: str, rel_path: str, data: bytes) -> None:
-    """Write a file of the build atomically (temporary name, then rename)."""
-    from .shards import filesystem
-
-    fsys, base = filesystem(out_dir)
-    final = posixpath.join(base, rel_path)
-    fsys.create_dir(posixpath.dirname(final), recursive=True)
-    tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
-    with fsys.open_output_stream(tmp) as f:
-        f.write(data)
-    fsys.move(tmp, final)
-
-
 def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REPO) -> str:
     """(Re)write DIR/README.md (and DIR/figures/*.png) from the build's files; returns its path."""
+    from .storage import Storage
+
+    store = Storage(out_dir)
     manifest, parts = scan_build(out_dir)
     if figures:
         for part in parts:
             for rel, png in render_figures(part).items():
-                _write(out_dir, rel, png)
-    _write(out_dir, README, render_card(manifest, parts, repo_id=repo_id, figures=figures).encode())
-    return posixpath.join(out_dir, README) if "://" in out_dir else os.path.join(out_dir, README)
+                store.write_bytes(rel, png)
+    store.write_bytes(README, render_card(manifest, parts, repo_id=repo_id,
+                                          figures=figures).encode())
+    return store.url(README)
 
 
 # command line ------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ class LocalExecutor:
         self.device = "cpu"
 
     def setup(self, todo: int) -> None:
-        fallback = self.cfg.device == "auto"
-        self.device = pick_device("cuda" if fallback else self.cfg.device, fallback) \
-            if self.cfg.device != "cpu" else "cpu"
+        """auto: CUDA where it is visible, else the CPU; cuda: CUDA or DeviceError."""
+        auto = self.cfg.device == "auto"
+        self.device = pick_device("cuda" if auto else self.cfg.device, fallback=auto)
 
     def run(self, tasks: list[ShardTask], on_running, on_result) -> None:
         for task in tasks:

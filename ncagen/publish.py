@@ -40,7 +40,8 @@ from urllib.parse import quote
 
 from pyarrow import fs
 
-from .shards import MANIFEST, filesystem
+from .shards import MANIFEST
+from .storage import filesystem
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, HfApi

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import NCAConfig
-from .storage import Entry, Storage, filesystem  # noqa: F401  (filesystem: for card, publish)
+from .storage import Entry, Storage
 
 MANIFEST = "ncagen.json"
 ROW_GROUP_ROWS = 8192  # ~32 MiB of int32 tokens at seq_len 1024, well under the viewer's limits

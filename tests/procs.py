@@ -7,6 +7,7 @@ what it started: the processes of that session.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -94,3 +95,20 @@ def reap_session(sid: int, wait: float = 30.0) -> list[int]:
     left = session_pids(sid)
     kill_pids(left)
     return left
+
+
+def assert_retried(cli, dashboard: str, killed: int) -> list[dict]:
+    """Check that Ray saw the shard attempt of worker `killed` fail and ran that shard again;
+    returns Ray's records of every shard task attempt. `cli(*args)` runs the `ray` CLI."""
+    for _ in range(20):  # task events reach the dashboard asynchronously
+        tasks = json.loads(cli("list", "tasks", "--address", dashboard, "--detail", "--format",
+                               "json", "--limit", "10000", "--filter",
+                               "func_or_class_name=_ray_shard"))
+        attempts = [t for t in tasks if t.get("worker_pid") == killed]
+        retried = {t["task_id"] for t in tasks if t["attempt_number"] > 0 and t["state"] == "FINISHED"}
+        if attempts and {t["task_id"] for t in attempts} <= retried:
+            break
+        time.sleep(0.5)
+    assert attempts and all(t["state"] == "FAILED" for t in attempts), attempts
+    assert {t["task_id"] for t in attempts} <= retried
+    return tasks

@@ -21,7 +21,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from procs import child_sessions, free_port, kill_session, shard_workers
+from procs import assert_retried, child_sessions, free_port, kill_session, shard_workers
 
 pytest.importorskip("ray")
 
@@ -185,15 +185,4 @@ def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
     log = wait_job(proc)
     check_dataset(out, {"band_50_100": {"train": 4000}}, 1000)
     assert "[ncagen] 4/4 shards  4,000/4,000 rows" in log
-    # Ray saw the attempt die and ran the shard again (task events arrive asynchronously)
-    for _ in range(20):
-        tasks = json.loads(cluster.cli("list", "tasks", "--address", cluster.dashboard, "--detail",
-                                       "--format", "json", "--limit", "10000",
-                                       "--filter", "func_or_class_name=_ray_shard"))
-        attempts = [t for t in tasks if t.get("worker_pid") == killed]
-        retried = {t["task_id"] for t in tasks if t["attempt_number"] > 0 and t["state"] == "FINISHED"}
-        if attempts and {t["task_id"] for t in attempts} <= retried:
-            break
-        time.sleep(0.5)
-    assert attempts and all(t["state"] == "FAILED" for t in attempts), attempts
-    assert {t["task_id"] for t in attempts} <= retried
+    assert_retried(cluster.cli, cluster.dashboard, killed)

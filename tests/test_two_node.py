@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import pytest
-from procs import child_sessions, free_port, kill_session, shard_workers
+from procs import assert_retried, child_sessions, free_port, kill_session, shard_workers
 
 pytest.importorskip("ray")
 
@@ -185,18 +185,7 @@ def test_gpu_tasks_size_threads_from_their_node_and_survive_a_worker_kill(cluste
     for rel in expected:
         assert sha256(out / rel) == sha256(local / rel), rel
 
-    # Ray saw the attempt die and ran the shard again (task events arrive asynchronously)
-    for _ in range(20):
-        tasks = json.loads(cluster.cli("list", "tasks", "--address", cluster.dashboard, "--detail",
-                                       "--format", "json", "--limit", "10000",
-                                       "--filter", "func_or_class_name=_ray_shard"))
-        attempts = [t for t in tasks if t.get("worker_pid") == killed]
-        retried = {t["task_id"] for t in tasks if t["attempt_number"] > 0 and t["state"] == "FINISHED"}
-        if attempts and {t["task_id"] for t in attempts} <= retried:
-            break
-        time.sleep(0.5)
-    assert attempts and all(t["state"] == "FAILED" for t in attempts), attempts
-    assert {t["task_id"] for t in attempts} <= retried
+    tasks = assert_retried(cluster.cli, cluster.dashboard, killed)
     assert all(t["node_id"] == cluster.gpu_node for t in tasks), tasks
 
     # nothing but the shards: the killed attempt's temp file is gone too
