@@ -559,7 +559,9 @@ def format_report(report: PublishReport) -> str:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags of `python -m ncagen.publish`."""
-    parser = argparse.ArgumentParser(
+    from .cli import Parser  # usage errors are one line, exit status 2
+
+    parser = Parser(
         prog="python -m ncagen.publish", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
