@@ -173,7 +173,7 @@ def _clean_temps(store) -> None:
     """Remove the temp files a killed writer left (never a file under a final name)."""
     from .storage import TMP_SUFFIX
 
-    for rel in store.files("data"):
+    for rel in store.files(""):  # shards, and the manifest or card of a killed driver
         if rel.endswith(TMP_SUFFIX):
             store.delete(rel)
 
