@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -141,7 +142,12 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
     if not card_stands:
         from .card import write_card
 
-        write_card(cfg.out)  # the directory is now a ready Hub dataset repository
+        closing = threading.Thread(target=runner.close, name="ncagen-close")
+        closing.start()  # stopping a private Ray takes a second: the card needs no Ray
+        try:
+            write_card(cfg.out)  # the directory is now a ready Hub dataset repository
+        finally:
+            closing.join()
     return manifest
 
 

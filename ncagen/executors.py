@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from .config import ConfigError
 from .plan import BuildConfig, ShardTask
@@ -17,6 +18,7 @@ from .worker import DeviceError, pick_device, run_shard
 
 MAX_RETRIES = 4  # Ray reruns a shard whose worker process or node died this many times
 POLL_SECONDS = 1.0  # how often the driver collects the workers' running row counts
+WIDEN_SECONDS = 1.0  # how often a shard of a private Ray asks whether it may use idle cores
 
 
 class LocalExecutor:
@@ -133,8 +135,10 @@ class RayExecutor:
         tally = _tally_class().options(num_cpus=0).remote()
         remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_shard)
         remote = remote.options(**self.opts)
+        tally.expect.remote(len(tasks))
+        widen = self.started and self.device == "cpu"  # our own machine: nobody else's cores
         pending = {remote.remote(t, self.out, self.device, self.cfg.batch, tally,
-                                 self.fallback): t for t in tasks}
+                                 self.fallback, widen): t for t in tasks}
         refs = list(pending)
         try:
             while refs:
@@ -158,7 +162,8 @@ class RayExecutor:
     def close(self) -> None:
         import ray
 
-        if self.started:
+        if self.started:  # once: the build may close it early, beside the card
+            self.started = False
             ray.shutdown()
 
 
@@ -190,11 +195,42 @@ def _max_resources() -> dict | None:
         return None
 
 
-def _ray_shard(task: ShardTask, out: str, device: str, batch, tally, fallback: bool) -> dict:
+def _ray_shard(task: ShardTask, out: str, device: str, batch, tally, fallback: bool,
+               widen: bool) -> dict:
     """The Ray task: one shard, reporting its running row count to the driver's tally."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
     send = lambda rows: tally.set.remote(task.path, rows)  # noqa: E731  (fire and forget)
-    send(0)  # a retried shard starts again from zero
-    return run_shard(task, out, device, batch, report=send, fallback=fallback, in_ray=True)
+    tally.start.remote(task.path, node)  # a retried shard starts again from zero
+    width = Widener(tally, node) if widen else None
+    try:
+        return run_shard(task, out, device, batch, report=send, fallback=fallback, in_ray=True,
+                         width=width)
+    finally:
+        tally.finish.remote(task.path)
+
+
+class Widener:
+    """A shard's `width()`: the cores it may use now. Once no shard of the build waits for a
+    core, the shards still running on a node share all its CPUs (the tail of a build would
+    otherwise leave cores idle). Asks the tally at most every WIDEN_SECONDS, never blocking."""
+
+    def __init__(self, tally, node: str):
+        import ray
+
+        res = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node), {})
+        self.tally, self.node, self.cpus = tally, node, int(res.get("CPU", 1))
+        self.value, self.ref, self.asked = 1, None, time.monotonic()
+
+    def __call__(self) -> int:
+        import ray
+
+        if self.ref is not None and ray.wait([self.ref], timeout=0)[0]:
+            self.value, self.ref = max(self.value, ray.get(self.ref)), None
+        if self.ref is None and time.monotonic() - self.asked >= WIDEN_SECONDS:
+            self.ref, self.asked = self.tally.width.remote(self.node, self.cpus), time.monotonic()
+        return self.value
 
 
 def _tally_class():
@@ -202,16 +238,36 @@ def _tally_class():
 
     @ray.remote
     class Tally:
-        """Running row counts of unfinished shards, written by workers, read by the driver."""
+        """Running row counts of unfinished shards, written by workers, read by the driver;
+        and which shards run where, so the last ones can take the cores the others left."""
 
         def __init__(self):
             self.rows: dict[str, int] = {}
+            self.expected, self.started, self.running = 0, set(), {}
+
+        def expect(self, shards: int) -> None:
+            self.expected = shards
+
+        def start(self, path: str, node: str) -> None:
+            self.rows[path] = 0
+            self.started.add(path)
+            self.running[path] = node
+
+        def finish(self, path: str) -> None:
+            self.running.pop(path, None)
 
         def set(self, path: str, rows: int) -> None:
             self.rows[path] = rows
 
         def snapshot(self) -> dict:
             return dict(self.rows)
+
+        def width(self, node: str, cpus: int) -> int:
+            """CPUs per running shard of `node` once every shard has started, else 1."""
+            if len(self.started) < self.expected:
+                return 1
+            here = sum(1 for n in self.running.values() if n == node)
+            return max(1, cpus // max(here, 1))
 
     return Tally
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -42,11 +42,14 @@ class ShardStats:
     ratio_max: float = float("-inf")
 
     def add(self, ratios: np.ndarray, accepted: int) -> None:
+        """Count a unit's candidates; NaN ratios (certainly below the band, not measured) count
+        as candidates but not in the ratio range."""
         self.candidates += len(ratios)
         self.accepted += accepted
-        if len(ratios):
-            self.ratio_min = min(self.ratio_min, float(ratios.min()))
-            self.ratio_max = max(self.ratio_max, float(ratios.max()))
+        measured = ratios[~np.isnan(ratios)]
+        if len(measured):
+            self.ratio_min = min(self.ratio_min, float(measured.min()))
+            self.ratio_max = max(self.ratio_max, float(measured.max()))
 
 
 def candidate_seeds(shard_key: int, start: int, count: int, sims_per_rule: int):
@@ -87,11 +90,12 @@ def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, gri
 def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
                    device: str, threads: int | None) -> tuple[dict, np.ndarray]:
     """One unit of work: (columns of the candidates whose gzip ratio lies in the band, every
-    candidate's ratio). On the CPU it runs on one thread (`threads` = 1) beside other units."""
+    candidate's ratio, NaN where it was certainly below the band and not measured). On the CPU it
+    runs on one thread (`threads` = 1) beside other units."""
     R, K = cfg.ratio_grids, cfg.grids_per_sequence
     head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device,
                                          threads=threads)  # (B, R, P)
-    ratios = complexity.gzip_ratios(head, cfg.gzip_level, workers=threads)
+    ratios = complexity.band_ratios(head, band.lo, cfg.gzip_level, workers=threads)  # NaN: <= lo
     keep = np.flatnonzero(band.mask(ratios))
     head, seeds, sm = head[keep], rule_seeds[keep], sims[keep]
     if not len(keep):
@@ -113,25 +117,29 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
 
 def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str = "cpu",
              batch: int = DEFAULT_BATCH, stats: ShardStats | None = None,
-             threads: int | None = None) -> Iterator[dict]:
+             threads: int | None = None, width: Callable[[], int] | None = None
+             ) -> Iterator[dict]:
     """Yield column batches of a shard's first `rows` accepted candidates, in candidate order.
 
     The candidates are cut into units of `batch`. On the CPU, `threads` threads (default: one
     per core numba may use) work through the units (each unit on one thread), a few units ahead
     of the caller, so the cores stay busy while the caller handles what it was given (say,
     writes it to Parquet). On a GPU one unit at a time goes to the device, with its gzip ratios
-    spread over `threads` cores.
+    spread over `threads` cores. `width()`, when given, may raise the CPU thread count as the
+    shard runs (cores that other shards left idle); rows never depend on it.
     """
     stats = stats if stats is not None else ShardStats()
     batch = max(1, min(batch, 2 * rows + 64))  # a few rows need no big unit (rows do not depend on it)
     cpu = device == "cpu"
     workers = (threads or cpu_threads()) if cpu else 1  # numba's count is per thread: read it here
-    run = pool(workers, "ncagen-rows")
     queue: collections.deque = collections.deque()
     start = done = 0
 
     def wanted() -> int:
         """Units to keep in flight: enough for the rows still missing, at the acceptance seen."""
+        nonlocal workers
+        if cpu and width is not None:
+            workers = max(workers, width())
         if not stats.candidates:
             return workers
         rate = max(stats.accepted / stats.candidates, 1e-3)
@@ -141,6 +149,7 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
         while done < rows:
             while len(queue) < wanted():
                 seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
+                run = pool(workers, "ncagen-rows")  # a wider pool once width() grows
                 queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device,
                                         1 if cpu else threads))
                 start += batch
@@ -151,10 +160,12 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
             if take:
                 yield {k: v[:take] for k, v in cols.items()}
             if stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT:
+                seen = (f"in [{stats.ratio_min:.3f}, {stats.ratio_max:.3f}]"
+                        if stats.ratio_max >= stats.ratio_min else f"all at most {band.lo:g}")
                 raise BandUnreachable(
                     f"band {band} looks unreachable for states={cfg.states}: {stats.candidates} "
-                    f"random rules gave gzip ratios in [{stats.ratio_min:.3f}, "
-                    f"{stats.ratio_max:.3f}], none strictly inside ({band.lo:g}, {band.hi:g})")
+                    f"random rules gave gzip ratios {seen}, none strictly inside "
+                    f"({band.lo:g}, {band.hi:g})")
     finally:
         for future in queue:  # the caller stopped early: queued units are dropped, running ones
             future.cancel()   # finish unseen

@@ -49,11 +49,12 @@ def pick_device(device: str, fallback: bool, where: str = "this machine") -> str
 
 def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None = None,
               threads: int | None = None, report=None, fallback: bool = False,
-              in_ray: bool = False) -> dict:
+              in_ray: bool = False, width=None) -> dict:
     """Generate one shard and write it atomically to `out`; returns its record.
 
     `report(rows_so_far)` is called as rows are made. In a Ray task (`in_ray`) threads come from
     the node unless given; `fallback` lets a CUDA request run on the CPU where no GPU is visible.
+    `width()` may raise the CPU thread count while the shard runs (see `generate.generate`).
     """
     from . import __version__, shards
     from .generate import DEFAULT_BATCH, ShardStats, generate
@@ -72,7 +73,7 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
 
     def tables():
         for cols in generate(task.nca, task.band, task.key, task.rows, device, batch, stats,
-                             threads=threads):
+                             threads=threads, width=width):
             if tell is not None:
                 tell(len(cols["rule_seed"]))
             yield shards.to_table(cols, task.nca, task.config_name)
@@ -81,4 +82,5 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
                     "accepted": stats.accepted, "key": str(task.key), "version": __version__}
     result = shards.write_shard(store, task.path, tables(), shards.schema(task.nca), meta)
     result.seconds = round(time.perf_counter() - t0, 3)
-    return {**result.to_dict(), "device": device, "threads": threads or 0, "node": node}
+    widest = max(threads or 0, width() if width is not None else 0)  # threads at the end
+    return {**result.to_dict(), "device": device, "threads": widest, "node": node}

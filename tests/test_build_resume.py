@@ -97,3 +97,25 @@ def test_killed_build_resumes_to_the_uninterrupted_dataset(tmp_path, ray_env):
                          text=True, timeout=120)
     assert res.returncode == 2 and "--overwrite" in res.stderr and len(res.stderr.splitlines()) == 1
     assert shards_of(out) == after
+
+
+def test_last_shard_takes_the_cores_the_others_left(tmp_path, ray_env):
+    """Embedded Ray, 2 CPUs, a 10,000-row shard beside a 500-row one: once the small one is
+    done and no shard waits, the big one widens to both cores (its record says so), and the
+    rows are those of a single-process build (rows never depend on the thread count)."""
+    args = ["--rows", "10500", "--shard-rows", "10000", "--seq-len", "380"]
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    res = subprocess.run([sys.executable, "-m", "ncagen.build", *args, "--out", str(out),
+                          "--executor", "ray"], cwd=tmp_path, env=ray_env,
+                         capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert res.returncode == 0, res.stderr
+    records = json.loads((out / "ncagen.json").read_text())["shards"]
+    threads = {r["rows"]: r["threads"] for r in records.values()}
+    cores = len(os.sched_getaffinity(0))  # what the embedded Ray declares (2 in CI)
+    assert threads == {10000: cores, 500: max(1, cores // 2)}, threads
+
+    from ncagen.build import main
+
+    assert main([*args, "--out", str(ref), "--executor", "local"]) == 0
+    assert shards_of(ref).keys() == shards_of(out).keys()
+    assert all(sha256(ref / rel) == sha256(out / rel) for rel in shards_of(out))
