@@ -145,7 +145,7 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
         closing = threading.Thread(target=runner.close, name="ncagen-close")
         closing.start()  # stopping a private Ray takes a second: the card needs no Ray
         try:
-            write_card(cfg.out)  # the directory is now a ready Hub dataset repository
+            write_card(cfg.out, quick=True)  # the directory is now a ready Hub dataset repository
         finally:
             closing.join()
     return manifest

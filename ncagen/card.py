@@ -2,12 +2,14 @@
 
 Every number in the card is recomputed from the Parquet files (rows, tokens, bytes, gzip-ratio
 quantiles, token frequencies) and cross-checked against the manifest `ncagen.json`; a mismatch
-is an error, never a silently wrong card. The text is a template beside this module
+is an error, never a silently wrong card. The build's own card (`quick`) takes the token
+frequencies from the counts its workers wrote into each shard's footer and reads only the small
+columns and one row group of each size, instead of every token again. The text is a template beside this module
 (templates/dataset_card.md, templates/config_section.md) filled by pure functions of the scanned
 statistics; figures (sample trajectories, gzip-ratio histogram, token rank-frequency plot) are
 rendered from the data into DIR/figures/ and linked relatively.
 
-    python -m ncagen.card DIR [--repo ORG/NAME] [--no-figures]
+    python -m ncagen.card DIR [--repo ORG/NAME] [--no-figures] [--quick]
 """
 
 from __future__ import annotations
@@ -150,22 +152,52 @@ def parquet_files(out_dir: str) -> list[str]:
                   if i.type == fs.FileType.File and i.path.endswith(".parquet"))
 
 
-def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig,
-                   files: dict) -> PartitionStats:
-    """Read one config's Parquet files ({split: [relpath]}) and compute its statistics."""
+def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: dict,
+                   quick: bool = False) -> PartitionStats:
+    """Read one config's Parquet files ({split: [relpath]}) and compute its statistics.
+
+    `quick` takes each shard's token counts from the footer the build's worker wrote and reads
+    only the small columns and one row group of each size (all groups of a config have the same
+    layout, so the same Arrow size); a file without counts in its footer is read in full.
+    The statistics are the same either way (tests/test_card.py compares the two cards).
+    """
     import json
 
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .shards import STATS_KEY, schema
+    from .shards import STATS_KEY, schema, unpack_counts
     from .storage import filesystem
 
     fsys, base = filesystem(out_dir)
     expected = schema(nca)
     splits, ratios, samples = {}, [], []
     counts = np.zeros(nca.vocab_size, np.int64)
+    group_bytes: dict[int, int] = {}  # rows of a row group -> its Arrow size
     candidates = accepted = 0
+
+    def take(batch, rel: str, split: str, count_tokens: bool) -> int:
+        """Check one batch (a row group) and add what it holds, but its rows and ratios;
+        returns its token count."""
+        import pyarrow.compute as pc
+
+        ids = batch.column("input_ids")
+        lengths = pc.min_max(pc.list_value_length(ids)).as_py()  # nulls skipped
+        if lengths["min"] is not None and not (lengths["min"] == lengths["max"] == nca.seq_len):
+            raise CardError(f"{rel} has rows that are not {nca.seq_len} tokens long")
+        values = _numpy(ids.flatten(), np.int32, rel, "input_ids")  # (rows * seq_len,)
+        if count_tokens:
+            _add_token_counts(values, counts, rel)
+        elif values.size and (values.min() < 0 or values.max() >= counts.size):
+            raise CardError(f"{rel} has token ids outside the vocabulary")
+        for col, want in (("states", nca.states), ("band", name)):
+            if any(v is not None and v != want for v in batch.column(col).unique().to_pylist()):
+                raise CardError(f"{rel} has rows whose {col} is not {want}")
+        if split == "train" and len(samples) < SAMPLE_ROWS:
+            samples.extend(np.asarray(r, np.int32)
+                           for r in ids.slice(0, SAMPLE_ROWS - len(samples)).to_pylist())
+        group_bytes.setdefault(batch.num_rows, batch.nbytes)
+        return values.size
+
     for split, paths in files.items():
         st = splits[split] = SplitStats(files=list(paths))
         for rel in paths:
@@ -177,25 +209,30 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig,
                 extra = json.loads((pf.metadata.metadata or {}).get(STATS_KEY, b"{}"))
                 candidates += int(extra.get("candidates", 0))
                 accepted += int(extra.get("accepted", 0))
-                for batch in pf.iter_batches(batch_size=SCAN_BATCH):
-                    ids = batch.column("input_ids")
-                    lengths = pc.min_max(pc.list_value_length(ids)).as_py()  # nulls skipped
-                    if lengths["min"] is not None and not (
-                            lengths["min"] == lengths["max"] == nca.seq_len):
-                        raise CardError(f"{rel} has rows that are not {nca.seq_len} tokens long")
-                    values = _numpy(ids.flatten(), np.int32, rel, "input_ids")  # (rows * seq_len,)
-                    _add_token_counts(values, counts, rel)
-                    for col, want in (("states", nca.states), ("band", name)):
-                        if any(v is not None and v != want
-                               for v in batch.column(col).unique().to_pylist()):
-                            raise CardError(f"{rel} has rows whose {col} is not {want}")
-                    ratios.append(_numpy(batch.column("gzip_ratio"), np.float32, rel, "gzip_ratio"))
-                    if split == "train" and len(samples) < SAMPLE_ROWS:
-                        samples += [np.asarray(r, np.int32)
-                                    for r in ids.slice(0, SAMPLE_ROWS - len(samples)).to_pylist()]
-                    st.rows += batch.num_rows
-                    st.tokens += values.size
-                    st.num_bytes += batch.nbytes
+                groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+                if quick and "token_counts" in extra and all(g == SCAN_BATCH for g in groups[:-1]):
+                    try:
+                        found = unpack_counts(extra["token_counts"], counts.size)
+                    except ValueError as e:
+                        raise CardError(f"{rel}: {e}") from None
+                    if found.sum() != sum(groups) * nca.seq_len:
+                        raise CardError(f"{rel}: its footer's token counts do not add up to its rows")
+                    counts += found
+                    for i, rows in enumerate(groups):  # one group of each size, for its layout
+                        if rows not in group_bytes or (split == "train" and len(samples) < SAMPLE_ROWS):
+                            take(pf.read_row_group(i).to_batches()[0], rel, split, False)
+                        st.num_bytes += group_bytes[rows]
+                    ratio = pf.read(columns=["gzip_ratio"]).column("gzip_ratio").combine_chunks()
+                    ratios.append(_numpy(ratio, np.float32, rel, "gzip_ratio"))
+                    st.rows += sum(groups)
+                    st.tokens += int(found.sum())
+                else:
+                    for batch in pf.iter_batches(batch_size=SCAN_BATCH):
+                        st.tokens += take(batch, rel, split, True)
+                        ratios.append(_numpy(batch.column("gzip_ratio"), np.float32, rel,
+                                             "gzip_ratio"))
+                        st.num_bytes += batch.nbytes
+                        st.rows += batch.num_rows
     all_ratios = np.concatenate(ratios) if ratios else np.zeros(0, np.float32)
     return PartitionStats(name, band, nca, splits, all_ratios, counts, samples, candidates,
                           accepted)
@@ -220,8 +257,9 @@ def _add_token_counts(values: np.ndarray, counts: np.ndarray, rel: str) -> None:
         counts += np.bincount(chunk, minlength=counts.size)
 
 
-def scan_build(out_dir: str) -> tuple[dict, list[PartitionStats]]:
-    """The manifest and every config's statistics, cross-checked against each other."""
+def scan_build(out_dir: str, quick: bool = False) -> tuple[dict, list[PartitionStats]]:
+    """The manifest and every config's statistics, cross-checked against each other (`quick`:
+    token counts from the shards' footers, see scan_partition)."""
     manifest = load_manifest(out_dir)
     on_disk = parquet_files(out_dir)
     listed = set(manifest.get("shards", {}))
@@ -234,7 +272,8 @@ def scan_build(out_dir: str) -> tuple[dict, list[PartitionStats]]:
         nca = partition_config(manifest, int(p["states"]))
         files = {split: [f for f in on_disk if f.startswith(f"data/{name}/{split}-")]
                  for split in SPLITS if p["splits"].get(split, {}).get("shards")}
-        part = scan_partition(out_dir, name, Band(float(p["lo"]), float(p["hi"])), nca, files)
+        part = scan_partition(out_dir, name, Band(float(p["lo"]), float(p["hi"])), nca, files,
+                              quick)
         cross_check(part, p, manifest["shards"])
         parts.append(part)
     return manifest, parts
@@ -589,12 +628,14 @@ def render_figures(part: PartitionStats) -> dict[str, bytes]:
 
 
 # writing -----------------------------------------------------------------------------------
-def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REPO) -> str:
-    """(Re)write DIR/README.md (and DIR/figures/*.png) from the build's files; returns its path."""
+def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REPO,
+               quick: bool = False) -> str:
+    """(Re)write DIR/README.md (and DIR/figures/*.png) from the build's files; returns its path.
+    `quick`: token counts from the shards' footers (the build's own card), see scan_partition."""
     from .storage import Storage
 
     store = Storage(out_dir)
-    manifest, parts = scan_build(out_dir)
+    manifest, parts = scan_build(out_dir, quick)
     if figures:
         for part in parts:
             for rel, png in render_figures(part).items():
@@ -614,9 +655,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repo", default=DEFAULT_REPO, metavar="ORG/NAME",
                    help="Hub repo id the usage examples load from")
     p.add_argument("--no-figures", action="store_true", help="write the card without figures")
+    p.add_argument("--quick", action="store_true",
+                   help="take token counts from the shards' footers instead of reading every "
+                        "token (what the build does; a plain run re-reads and checks everything)")
     args = p.parse_args(argv)
     try:
-        path = write_card(args.dir, figures=not args.no_figures, repo_id=args.repo)
+        path = write_card(args.dir, figures=not args.no_figures, repo_id=args.repo,
+                          quick=args.quick)
     except (ValueError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

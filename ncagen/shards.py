@@ -9,13 +9,16 @@ kept only when it matches its record: by size and sha256 on a local disk (a read
 by size and modification time on an object store (one listing, no downloads). A shard found
 without a record (the driver died between a worker's write and the manifest update) is read
 once and adopted when its footer says it is exactly the shard the plan wants. Its generation
-statistics ride in the file's metadata.
+statistics ride in the file's metadata: candidates tried, rows accepted, the shard key, and the
+count of every token id (so a card can be written from the footers, without reading the tokens).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import posixpath
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
@@ -41,6 +44,27 @@ def schema(cfg: NCAConfig) -> pa.Schema:
         pa.field("rule_seed", pa.int64()),
         pa.field("sim", pa.int32()),
     ])
+
+
+def pack_counts(counts) -> str:
+    """Token counts (vocab,) int64 -> compact text for the footer (base64 of deflated bytes)."""
+    import numpy as np
+
+    raw = np.ascontiguousarray(counts, dtype="<i8").tobytes()
+    return base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+
+
+def unpack_counts(text: str, size: int):
+    """The inverse of pack_counts; ValueError when the text is not `size` counts."""
+    import numpy as np
+
+    try:
+        counts = np.frombuffer(zlib.decompress(base64.b64decode(text)), "<i8").astype(np.int64)
+    except (zlib.error, ValueError, TypeError) as e:
+        raise ValueError(f"unreadable token counts ({e})") from None
+    if counts.shape != (size,):
+        raise ValueError(f"{counts.size} token counts for a vocabulary of {size}")
+    return counts
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from .plan import ShardTask
 
 GPU_BATCH = 32_768  # a GPU needs far larger batches than the CPU engine to be busy
@@ -70,16 +72,19 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
     store = Storage(out)
     stats, t0 = ShardStats(), time.perf_counter()
     tell = RowReporter(report) if report is not None else None
+    counts = np.zeros(task.nca.vocab_size, np.int64)  # every token id's count, for the card
 
     def tables():
         for cols in generate(task.nca, task.band, task.key, task.rows, device, batch, stats,
                              threads=threads, width=width):
             if tell is not None:
                 tell(len(cols["rule_seed"]))
+            counts[:] += np.bincount(cols["input_ids"].reshape(-1), minlength=counts.size)
             yield shards.to_table(cols, task.nca, task.config_name)
 
     meta = lambda: {"tokens": task.rows * task.nca.seq_len, "candidates": stats.candidates,  # noqa: E731
-                    "accepted": stats.accepted, "key": str(task.key), "version": __version__}
+                    "accepted": stats.accepted, "key": str(task.key), "version": __version__,
+                    "token_counts": shards.pack_counts(counts)}
     result = shards.write_shard(store, task.path, tables(), shards.schema(task.nca), meta)
     result.seconds = round(time.perf_counter() - t0, 3)
     widest = max(threads or 0, width() if width is not None else 0)  # threads at the end

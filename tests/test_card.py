@@ -254,3 +254,40 @@ def test_canonical_card_in_the_repo(repo_root):
         path = folder / link
         assert path.is_file() and path.stat().st_size < FIGURE_LIMIT
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _card_files(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in [out / "README.md", *sorted((out / "figures").glob("*.png"))]}
+
+
+def test_quick_card_equals_full_scan(built, tmp_path):
+    """The build's card (token counts from the footers, one row group of each size read) is
+    byte for byte the card of a full re-read, here and on shards of several row groups; a
+    footer whose counts do not add up to its rows is caught."""
+    write_card(str(built))
+    full = _card_files(built)
+    write_card(str(built), quick=True)
+    assert _card_files(built) == full
+
+    out = tmp_path / "groups"  # 8,200 rows: one row group of 8,192 and one of 8
+    assert build_main(["--band", "0.5-1.0", "--rows", "8300", "--shard-rows", "8200",
+                       "--seq-len", "380", "--executor", "local", "--out", str(out)]) == 0
+    quick = _card_files(out)  # the build wrote it with quick=True
+    write_card(str(out))
+    assert _card_files(out) == quick
+    assert [pq.ParquetFile(f).num_row_groups for f in sorted(out.glob("data/*/*.parquet"))] == [2, 1]
+
+    from ncagen.shards import STATS_KEY, pack_counts, unpack_counts
+
+    shard = sorted(out.glob("data/*/*.parquet"))[1]
+    meta = json.loads(pq.ParquetFile(shard).metadata.metadata[STATS_KEY])
+    counts = unpack_counts(meta["token_counts"], 10_002)
+    counts[0] += 5  # a footer that does not add up to the shard's tokens
+    table = pq.read_table(shard)
+    with pq.ParquetWriter(shard, table.schema, compression="zstd") as w:
+        w.write_table(table)
+        w.add_key_value_metadata({STATS_KEY: json.dumps({**meta,
+                                                         "token_counts": pack_counts(counts)})})
+    with pytest.raises(CardError, match="do not add up"):
+        write_card(str(out), quick=True)
