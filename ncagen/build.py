@@ -220,11 +220,11 @@ def summary(manifest: dict, out: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m ncagen.build") -> int:
     """`python -m ncagen.build`: see ncagen.cli."""
     from .cli import build_main
 
-    return build_main(sys.argv[1:] if argv is None else argv)
+    return build_main(sys.argv[1:] if argv is None else argv, prog)
 
 
 if __name__ == "__main__":

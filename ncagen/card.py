@@ -646,11 +646,11 @@ def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REP
 
 
 # command line ------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m ncagen.card") -> int:
     """CLI entry point; returns the exit status."""
     from .cli import Parser
 
-    p = Parser(prog="python -m ncagen.card", description=__doc__.splitlines()[0])
+    p = Parser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("dir", metavar="DIR", help="build directory (holds ncagen.json)")
     p.add_argument("--repo", default=DEFAULT_REPO, metavar="ORG/NAME",
                    help="Hub repo id the usage examples load from")

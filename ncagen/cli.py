@@ -1,9 +1,9 @@
 """The command lines: flags -> a validated config -> one library call -> one-line errors.
 
 Exit status: 0 done; 2 the command was refused before anything was written (bad input, an
-unreachable band, no GPU to be had, the directory busy or holding something else); 1 the
-environment failed mid-way (disk full, storage unreachable, permission denied): what was
-written is kept, and rerunning the same command resumes; 130 interrupted.
+unreachable band, no GPU to be had or no torch to drive it, the directory busy or holding
+something else); 1 the environment failed mid-way (disk full, storage unreachable, permission
+denied): what was written is kept, and rerunning the same command resumes; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ def parse_amount(text: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParser:
     from .generate import DEFAULT_BATCH
     from .worker import GPU_BATCH
 
     d = NCAConfig()
-    p = Parser(prog="python -m ncagen.build",
+    p = Parser(prog=prog,
                description="Build an NCA trajectory dataset: sharded Parquet, manifest, card.")
     p.add_argument("--band", action="append", help="complexity band LO-HI, repeatable (default 0.5-1.0)")
     p.add_argument("--states", action="append", type=int, help="alphabet size, repeatable (default 10)")
@@ -116,19 +116,20 @@ def one_line(e: BaseException) -> str:
     return " ".join(text.split()) if "\n" not in text.strip() else text.strip().splitlines()[0]
 
 
-def build_main(argv: list[str]) -> int:
-    """`python -m ncagen.build`; returns the exit status."""
+def build_main(argv: list[str], prog: str = "python -m ncagen.build") -> int:
+    """`python -m ncagen.build` (or `ncagen build`, the `prog`); returns the exit status."""
     from .build import build, summary
+    from .extras import MissingExtra
     from .generate import BandUnreachable
     from .lock import LockedError
     from .storage import StorageError, describe_error
     from .worker import DeviceError
 
-    args = build_parser().parse_args(argv)
-    refused = (ConfigError, ValueError, BandUnreachable, DeviceError, LockedError)
+    args = build_parser(prog).parse_args(argv)
+    refused = (ConfigError, ValueError, BandUnreachable, DeviceError, LockedError, MissingExtra)
     try:
         cfg = config_from_args(args)
-        command = "python -m ncagen.build " + " ".join(shlex.quote(a) for a in argv)
+        command = " ".join([prog, *(shlex.quote(a) for a in argv)])
         manifest = build(cfg, command)
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to resume",

@@ -13,6 +13,7 @@ import sys
 import time
 
 from .config import ConfigError
+from .extras import installed, missing
 from .plan import BuildConfig, ShardTask
 from .worker import DeviceError, pick_device, run_shard
 
@@ -29,9 +30,9 @@ class LocalExecutor:
         self.device = "cpu"
 
     def setup(self, todo: int) -> None:
-        """auto: CUDA where it is visible, else the CPU; cuda: CUDA or DeviceError."""
-        auto = self.cfg.device == "auto"
-        self.device = pick_device("cuda" if auto else self.cfg.device, fallback=auto)
+        """auto: CUDA where it is visible (and torch installed), else the CPU; cuda: CUDA, or
+        DeviceError (no GPU) or MissingExtra (no torch)."""
+        self.device = pick_device(self.cfg.device, fallback=False)
 
     def run(self, tasks: list[ShardTask], on_running, on_result) -> None:
         for task in tasks:
@@ -67,15 +68,17 @@ def cluster_view(nodes: list[dict], max_resources: dict | None) -> dict:
     }
 
 
-def task_options(cfg: BuildConfig, view: dict, todo: int, private: bool) -> tuple[dict, str, bool]:
+def task_options(cfg: BuildConfig, view: dict, todo: int, private: bool,
+                 gpu_engine: bool) -> tuple[dict, str, bool]:
     """Ray options of one shard task, the device it asks for, and whether a CUDA request may
-    fall back to the CPU where none is visible. Raises DeviceError when no GPU can be had.
+    fall back to the CPU where none is visible. Raises DeviceError when no GPU can be had;
+    without `gpu_engine` (no torch) auto builds on CPUs.
 
     GPU tasks reserve one GPU and one CPU, and size their threads on their node (the node's
     CPUs per GPU); CPU tasks reserve cores / --workers CPUs each, else one per task, or more when
     there are fewer shards to build than cores.
     """
-    can_get_gpu = view["gpus"] > 0 or view["max_gpus"] > 0
+    can_get_gpu = gpu_engine and (view["gpus"] > 0 or view["max_gpus"] > 0)
     explicit = cfg.device.startswith("cuda")
     if explicit and not can_get_gpu:
         where = "this machine" if private else "the Ray cluster"
@@ -104,6 +107,11 @@ class RayExecutor:
 
         init = ray_init_kwargs(self.cfg)
         private = init["address"] == "local"
+        # a private Ray runs every task here, in this Python: without torch it has the CPU engine
+        # only (on a cluster the GPU nodes need torch, the driver does not)
+        gpu_engine = not private or installed("torch")
+        if not gpu_engine and self.cfg.device.startswith("cuda"):
+            raise missing("torch", "gpu", f"--device {self.cfg.device} (the torch engine)")
         if private:
             _private_token()
         if not ray.is_initialized():
@@ -111,7 +119,8 @@ class RayExecutor:
             self.started = True
         self.view = cluster_view(ray.nodes(), None if private else _max_resources())
         self.check_storage()
-        self.opts, self.device, self.fallback = task_options(self.cfg, self.view, todo, private)
+        self.opts, self.device, self.fallback = task_options(self.cfg, self.view, todo, private,
+                                                               gpu_engine)
         if self.cfg.device == "auto" and self.device == "cpu" and not private:
             print("[ncagen] no GPU node is up and the cluster cannot add one: building on CPUs "
                   "(--device cuda waits for GPU nodes an autoscaler adds)", file=sys.stderr)

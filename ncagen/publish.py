@@ -557,13 +557,11 @@ def format_report(report: PublishReport) -> str:
     return "\n".join(lines)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     """Flags of `python -m ncagen.publish`."""
     from .cli import Parser  # usage errors are one line, exit status 2
 
-    parser = Parser(
-        prog="python -m ncagen.publish", description=__doc__.splitlines()[0]
-    )
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         "dir",
         metavar="DIR",
@@ -584,9 +582,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m ncagen.publish") -> int:
     """CLI entry point; returns the exit status."""
-    args = _parse_args(argv)
+    args = _parse_args(argv, prog)
     logging.basicConfig(format="%(message)s")
     logger.setLevel(logging.INFO)  # our progress lines, without the HTTP client's per-request ones
     try:

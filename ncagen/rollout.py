@@ -28,6 +28,7 @@ import numpy as np
 
 from . import rng
 from .config import NCAConfig
+from .extras import installed, require
 from .kernel import load_kernel
 from .rules import RuleParams, uniforms
 from .threads import pool
@@ -56,15 +57,19 @@ def noise_keys(rule_seeds: np.ndarray, sims: np.ndarray) -> np.ndarray:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; validates explicit choices."""
-    import torch
-
+    """'auto' -> 'cuda' when a GPU is visible (and torch is installed), else 'cpu'; validates
+    explicit choices. Only a CUDA choice imports torch."""
+    if device == "cpu":
+        return "cpu"
+    if device != "auto" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:i], got {device!r}")
+    if device == "auto" and not installed("torch"):
+        return "cpu"  # the light install: the CPU engine is all there is
+    torch = require("torch", "gpu", f"--device {device} (the torch engine)")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but no CUDA GPU is visible")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:i], got {device!r}")
     return device
 
 
@@ -117,7 +122,7 @@ def _neighbour_index(G: int):
 
 def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1: int,
                    cfg: NCAConfig, out: np.ndarray, rec_offset: int, device: str) -> np.ndarray:
-    import torch
+    torch = require("torch", "gpu", "the torch rollout engine")
 
     dev = torch.device(device)
     tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731

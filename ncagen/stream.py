@@ -11,6 +11,9 @@ consumer i % (world_size * num_workers), so no row is yielded twice and none is 
 shards small enough that every consumer gets some (`shard_rows`), since the rows of one shard
 come out of one consumer.
 
+`NCAStream` and `stream_loader` need torch and live in `ncagen.torch_stream`; they can be imported
+from here too, on first use. Everything else here needs no torch.
+
 `nca_generator` is the same thing as a plain generator function for
 `datasets.IterableDataset.from_generator`, whose list-valued `shards` argument `datasets`
 splits over workers and nodes itself; `nca_iterable_dataset` wires it up.
@@ -25,13 +28,27 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Iterator
-
-import torch
 
 from .plan import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, shard_key
 from .config import Band, ConfigError, NCAConfig
 from .generate import DEFAULT_BATCH, generate
+
+TORCH_NAMES = ("NCAStream", "stream_loader", "distributed_rank")  # in ncagen.torch_stream
+
+
+def __getattr__(name: str):
+    """`NCAStream`, `stream_loader` and `distributed_rank` need torch: they live in
+    ncagen.torch_stream and are imported from there on first use, so this module does not."""
+    if name in TORCH_NAMES:
+        from .extras import require
+
+        require("torch", "train", f"ncagen.stream.{name}")
+        from . import torch_stream
+
+        return getattr(torch_stream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def shard_tasks(cfg: NCAConfig, band: Band, seed: int, shard_rows: int, rows: int | None = None,
@@ -60,17 +77,8 @@ def row_dicts(cols: dict, cfg: NCAConfig, band_name: str) -> Iterator[dict]:
         }
 
 
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _check(band: Band | str, rows: int | None, shard_rows: int, seed: int, split: str,
-           start_shard: int) -> Band:
+def check_args(band: Band | str, rows: int | None, shard_rows: int, seed: int, split: str,
+               start_shard: int) -> Band:
     """Validate a stream's arguments; returns the band parsed."""
     band = Band.parse(band) if isinstance(band, str) else band
     if rows is not None and rows < 1:
@@ -86,66 +94,14 @@ def _check(band: Band | str, rows: int | None, shard_rows: int, seed: int, split
     return band
 
 
-class NCAStream(torch.utils.data.IterableDataset):
-    """The rows of a build, generated live and dealt shard by shard over ranks and workers."""
-
-    def __init__(self, cfg: NCAConfig, band: Band | str, seed: int = 0, *, rows: int | None = None,
-                 shard_rows: int = DEFAULT_SHARD_ROWS, split: str = "train", start_shard: int = 0,
-                 rank: int | None = None, world_size: int | None = None, device: str = "cpu",
-                 batch: int = DEFAULT_BATCH, threads: int | None = None):
-        super().__init__()
-        self.band = _check(band, rows, shard_rows, seed, split, start_shard)
-        if (rank is None) != (world_size is None):
-            raise ConfigError("give both rank and world_size, or neither")
-        if rank is None:
-            rank, world_size = distributed_rank()
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-        self.cfg, self.seed, self.rows, self.shard_rows = cfg, seed, rows, shard_rows
-        self.split, self.start_shard, self.rank, self.world_size = split, start_shard, rank, world_size
-        self.device, self.batch, self.threads = device, batch, threads
-
-    @classmethod
-    def from_build(cls, path: str, config_name: str, split: str = "train", **kwargs) -> "NCAStream":
-        """A stream of a built partition's rows (kwargs override, e.g. rows=None to go on forever)."""
-        spec = read_build(path, config_name)
-        if "rows" not in kwargs:
-            if not spec["rows"][split]:
-                raise ConfigError(f"the build at {path} has no {split} rows")
-            kwargs["rows"] = spec["rows"][split]
-        kwargs.setdefault("shard_rows", spec["shard_rows"])
-        return cls(spec["cfg"], spec["band"], spec["seed"], split=split, **kwargs)
-
-    def tasks(self) -> Iterator[ShardTask]:
-        """Every shard of this stream in build order, before dealing to consumers."""
-        return shard_tasks(self.cfg, self.band, self.seed, self.shard_rows, self.rows,
-                           self.split, self.start_shard)
-
-    def consumer(self) -> tuple[int, int]:
-        """(this consumer's index, number of consumers) over all ranks and DataLoader workers."""
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.rank * workers + worker, self.world_size * workers
-
-    def __iter__(self) -> Iterator[dict]:
-        from .threads import default_workers
-        from .rollout import resolve_device
-
-        me, consumers = self.consumer()
-        device = resolve_device(self.device)
-        info = torch.utils.data.get_worker_info()
-        if info is not None:  # a DataLoader worker gets its share of the cores
-            _worker_setup(self.threads or max(1, default_workers() // info.num_workers))
-        elif self.threads:
-            _limit_threads(self.threads)
-        for task in self.tasks():
-            if (task.index - self.start_shard) % consumers != me:
-                continue
-            for cols in generate(task.nca, task.band, task.key, task.rows, device, self.batch):
-                yield from row_dicts(cols, task.nca, task.config_name)
+def loader_worker():
+    """torch's DataLoader worker info in a DataLoader worker, else None. Outside torch there are
+    no such workers, so torch is looked up, never imported: a worker has imported it already."""
+    torch = sys.modules.get("torch")
+    return torch.utils.data.get_worker_info() if torch is not None else None
 
 
-def _worker_setup(threads: int) -> None:
+def worker_setup(threads: int) -> None:
     """Prepare a DataLoader worker process for generation, `threads` threads of it.
 
     (ncagen.threads drops the thread pools a fork copied.) numba gets its own work-queue pool
@@ -155,28 +111,16 @@ def _worker_setup(threads: int) -> None:
     import numba
 
     numba.config.THREADING_LAYER = "workqueue"  # no effect if the parent already started a pool
-    _limit_threads(threads)
+    limit_threads(threads)
 
 
-def _limit_threads(threads: int) -> None:
+def limit_threads(threads: int) -> None:
     """Cap this process's generation threads (numba's count, which the CPU engine follows, and
     the compression pool)."""
     import numba
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by ncagen.threads.default_workers
-
-
-def stream_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs):
-    """A DataLoader over a stream whose workers start fork-safe for numba (a forkserver)."""
-    import multiprocessing
-
-    if num_workers > 0 and "multiprocessing_context" not in kwargs:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["ncagen.stream"])  # workers fork from a warm server
-        kwargs["multiprocessing_context"] = ctx
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                       **kwargs)
 
 
 def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | str, seed: int = 0,
@@ -186,10 +130,10 @@ def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | str, seed: int
     """Rows of the given shard indices, in order, for datasets.IterableDataset.from_generator."""
     from .threads import default_workers
 
-    band = _check(band, rows, shard_rows, seed, split, 0)
-    info = torch.utils.data.get_worker_info()
+    band = check_args(band, rows, shard_rows, seed, split, 0)
+    info = loader_worker()
     if info is not None:
-        _worker_setup(max(1, default_workers() // info.num_workers))
+        worker_setup(max(1, default_workers() // info.num_workers))
     for i in shards:
         n = shard_rows if rows is None else min(shard_rows, rows - i * shard_rows)
         if n < 1:

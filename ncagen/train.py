@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from .config import NCAConfig
+from .extras import require
 
 IGNORE_INDEX = -100  # the label value Hugging Face losses skip
 
@@ -35,7 +36,7 @@ class NCACollator:
         self.cfg, self.mask_first_grid = cfg, mask_first_grid
 
     def __call__(self, rows: list[dict]) -> dict:
-        import torch
+        torch = require("torch", "train", "NCACollator")
 
         ids = torch.stack([torch.as_tensor(np.asarray(r["input_ids"]), dtype=torch.long)
                            for r in rows])  # (B, seq_len)
@@ -48,7 +49,8 @@ class NCACollator:
 def tiny_llama(cfg: NCAConfig, layers: int = 2, hidden: int = 64, heads: int = 4,
                seed: int = 0):
     """A small LlamaForCausalLM over the NCA vocabulary, built from a config (nothing downloaded)."""
-    import torch
+    torch = require("torch", "train", "tiny_llama")
+    require("transformers", "train", "tiny_llama")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=hidden, intermediate_size=4 * hidden,
@@ -77,7 +79,7 @@ def train_steps(model, batches: Iterable[dict], steps: int, lr: float = 3e-3,
     """A plain PyTorch loop: AdamW with linear warmup over (up to) `steps` batches; returns the losses."""
     import itertools
 
-    import torch
+    torch = require("torch", "train", "train_steps")
 
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -98,7 +100,9 @@ def train_steps(model, batches: Iterable[dict], steps: int, lr: float = 3e-3,
 def hf_trainer(model, train_dataset, cfg: NCAConfig, out_dir: str, steps: int, batch_size: int = 8,
                lr: float = 3e-3, mask_first_grid: bool = True, eval_dataset=None, **args):
     """A Hugging Face Trainer for `steps` steps with NCACollator, on CPU unless told otherwise."""
-    import torch
+    torch = require("torch", "train", "hf_trainer")
+    require("transformers", "train", "hf_trainer")
+    require("accelerate", "train", "hf_trainer")  # the Trainer's own requirement
     from transformers import Trainer, TrainingArguments
 
     defaults = dict(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch_size,
@@ -114,7 +118,7 @@ def hf_trainer(model, train_dataset, cfg: NCAConfig, out_dir: str, steps: int, b
 
 def token_losses(model, input_ids, device: str = "cpu"):
     """Next-token cross-entropy at every position (B, L); position 0 has no prediction (nan)."""
-    import torch
+    torch = require("torch", "train", "token_losses")
 
     model.to(device).eval()
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=device)  # (B, L)

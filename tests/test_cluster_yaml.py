@@ -54,3 +54,5 @@ def test_cpu_head_autoscaling_gpu_workers_install_ncagen(config, repo_root):
     (remote, local), = config["file_mounts"].items()
     assert (repo_root / local / "pyproject.toml").exists()
     assert any("pip install" in c and remote in c for c in config["setup_commands"])
+    # the GPU workers install the extra that brings torch (the CUDA engine); the head needs none
+    assert any(f"{remote}[gpu]" in c for c in config["worker_setup_commands"])
