@@ -11,7 +11,8 @@ build no longer has, so the branch never shows old and new shards side by side a
 data. With a tag (`--tag v1.0`) the commit the branch then holds is tagged too, so the release
 can be loaded pinned (`load_dataset(repo, config, revision="v1.0")`) whatever the branch holds
 later; a tag never moves, so a tag that already marks another commit is refused before anything
-is uploaded, while a rerun that changes nothing finds its tag in place. Before that commit, LFS content is pre-uploaded a batch at a time; an interrupted publish
+is uploaded, while a rerun that changes nothing finds its tag in place. Before that commit, LFS
+content is pre-uploaded a batch at a time; an interrupted publish
 is resumed by running it again, and content already stored on the Hub is not sent again (the
 LFS batch API and Xet deduplication both skip it). Files from an object store are copied to a
 local staging folder a batch at a time and each is removed as soon as the Hub holds it.
