@@ -3,10 +3,10 @@
 `HubServer` runs a threaded `http.server` on 127.0.0.1 and answers the requests the real
 `huggingface_hub` client sends when it publishes a dataset: whoami, repo creation, branches and
 tags (create, list refs; a tag resolves as a revision wherever a branch does), tree / paths-info
-listings, preupload (regular vs LFS), the Git LFS batch API with the basic
-transfer (a PUT to a pre-signed URL, then verify), the NDJSON commit endpoint (additions,
-deletions, and the 412 the Hub answers when `parentCommit` is no longer the branch head), and
-file downloads (`resolve`, whole or by byte range), and the reads `datasets.load_dataset` makes of a repo at a revision.
+listings, preupload (regular vs LFS), the Git LFS batch API with the basic transfer (a PUT to a
+pre-signed URL, then verify), the NDJSON commit endpoint (additions, deletions, and the 412 the
+Hub answers when `parentCommit` is no longer the branch head), and file downloads (`resolve`,
+whole or by byte range): enough for `datasets.load_dataset` to read a repo at any revision.
 Repositories, commits and LFS objects live in memory.
 
 Every request is recorded (method, path with query, headers, body) so a test can check where
