@@ -8,7 +8,11 @@ missing, the Hub's own listing of the branch is compared with the build (git blo
 plain files, SHA-256 for LFS/Xet files, taken from the manifest for data shards), and one
 commit on top of that listing adds the new and changed files and deletes the dataset files the
 build no longer has, so the branch never shows old and new shards side by side and never lacks
-data. Before that commit, LFS content is pre-uploaded a batch at a time; an interrupted publish
+data. With a tag (`--tag v1.0`) the commit the branch then holds is tagged too, so the release
+can be loaded pinned (`load_dataset(repo, config, revision="v1.0")`) whatever the branch holds
+later; a tag never moves, so a tag that already marks another commit is refused before anything
+is uploaded, while a rerun that changes nothing finds its tag in place. Before that commit, LFS
+content is pre-uploaded a batch at a time; an interrupted publish
 is resumed by running it again, and content already stored on the Hub is not sent again (the
 LFS batch API and Xet deduplication both skip it). Files from an object store are copied to a
 local staging folder a batch at a time and each is removed as soon as the Hub holds it.
@@ -18,7 +22,8 @@ Hidden files and folders (.cache, .gitattributes, ...) and temporary files (*.tm
 huggingface_hub (argument, HF_TOKEN, then the login cache) and goes nowhere but the
 Authorization header.
 
-    python -m ncagen.publish DIR --repo ORG/NAME [--private] [--revision BRANCH] [--dry-run]
+    python -m ncagen.publish DIR --repo ORG/NAME [--private] [--revision BRANCH] [--tag TAG]
+                             [--dry-run]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ TEMP_SUFFIXES = frozenset({".tmp", ".temp", ".part", ".partial", ".incomplete", 
 SKIPPED_DIRS = frozenset({"__pycache__"})
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 REBUILD = "rerun its build command to finish it"
 _HASH_BLOCK = 1 << 20
 _NAMED = 3  # paths a refusal names before it counts the rest
@@ -105,6 +111,8 @@ class PublishReport:
     unchanged: tuple[str, ...]  # already on the Hub with the same content
     deleted: tuple[str, ...]  # dataset files the build no longer has, deleted in the same commit
     commit: str | None  # id of the one commit created; None when the branch was up to date
+    tag: str | None = None  # the tag asked for, which marks the branch's commit after the publish
+    tag_created: bool = False  # False: the tag already marked that commit (or a dry run)
 
     @property
     def uploaded_bytes(self) -> int:
@@ -285,8 +293,26 @@ def remote_files(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]
         return {}  # a repo without any commit yet
 
 
+def check_tag(tag: str) -> str:
+    """Return `tag` if git and the Hub accept it as a tag name, else raise ValueError."""
+    ok = (
+        isinstance(tag, str)
+        and TAG.fullmatch(tag) is not None
+        and len(tag) <= 128
+        and ".." not in tag
+        and not tag.endswith((".", ".lock"))
+        and not re.fullmatch(r"[0-9a-f]{40}", tag)  # would read as a commit id
+    )
+    if not ok:
+        raise ValueError(
+            f"bad tag {tag!r}: expected a name like v1.0 of letters, digits, '.', '-', '_' "
+            "and '/' between parts"
+        )
+    return tag
+
+
 def repo_url(endpoint: str, repo_id: str, revision: str) -> str:
-    """Web address of the dataset repo at a branch."""
+    """Web address of the dataset repo at a branch or tag."""
     url = f"{endpoint.rstrip('/')}/datasets/{repo_id}"
     return url if revision == "main" else f"{url}/tree/{quote(revision, safe='')}"
 
@@ -297,19 +323,25 @@ def publish(
     *,
     private: bool = False,
     revision: str | None = None,
+    tag: str | None = None,
     dry_run: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
     files_per_batch: int = FILES_PER_BATCH,
 ) -> PublishReport:
-    """Make a branch of the Hub dataset repo `repo_id` hold the build's files, in one commit."""
+    """Make a branch of the Hub dataset repo `repo_id` hold the build's files, in one commit,
+    and tag that commit if asked."""
     check_repo_id(repo_id)
     if revision is not None and not revision.strip():
         raise ValueError("revision must be a non-empty branch name")
+    branch = revision or "main"
+    if tag is not None:
+        check_tag(tag)
+        if tag == branch:
+            raise ValueError(f"tag {tag!r} has the name of the branch it would tag; pick another")
     if files_per_batch < 1:
         raise ValueError(f"files_per_batch must be at least 1, got {files_per_batch}")
     build = load_build(out_dir)
-    branch = revision or "main"
 
     from huggingface_hub import constants
 
@@ -324,12 +356,13 @@ def publish(
             unchanged=(),
             deleted=(),
             commit=None,
+            tag=tag,
         )
 
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return _publish(build, repo_id, branch, private, token, endpoint, files_per_batch)
+        return _publish(build, repo_id, branch, tag, private, token, endpoint, files_per_batch)
     except HfHubHTTPError as err:
         raise PublishError(_describe_http_error(err)) from err
     except _network_errors() as err:
@@ -345,6 +378,7 @@ def _publish(
     build: Build,
     repo_id: str,
     branch: str,
+    tag: str | None,
     private: bool,
     token: str | None,
     endpoint: str | None,
@@ -377,6 +411,7 @@ def _publish(
         len(unchanged),
         len(stale),
     )
+    tagged = tag is not None and _tag_in_place(api, repo_id, branch, tag, head, bool(to_upload or stale))
     commit = None
     if to_upload or stale:
         with tempfile.TemporaryDirectory(prefix="ncagen-publish-") as staging:  # object stores
@@ -397,6 +432,12 @@ def _publish(
             len(additions),
             len(deletions),
         )
+    if tag is not None and not tagged:
+        target = commit or head
+        if target is None:
+            raise PublishError(f"{branch} of {repo_id} has no commit to tag")
+        api.create_tag(repo_id, tag=tag, revision=target, repo_type="dataset")
+        logger.info("tagged commit %s as %s", target, tag)
     return PublishReport(
         repo_id,
         branch,
@@ -406,6 +447,27 @@ def _publish(
         unchanged=tuple(unchanged),
         deleted=tuple(stale),
         commit=commit,
+        tag=tag,
+        tag_created=tag is not None and not tagged,
+    )
+
+
+def _tag_in_place(
+    api: HfApi, repo_id: str, branch: str, tag: str, head: str | None, will_commit: bool
+) -> bool:
+    """Whether `tag` already marks the commit the branch will hold; PublishError where it marks
+    another (a tag never moves) or names a branch. Asked before anything is uploaded."""
+    refs = api.list_repo_refs(repo_id, repo_type="dataset")
+    if any(ref.name == tag for ref in refs.branches):
+        raise PublishError(f"{tag!r} is a branch of {repo_id}; a tag needs a name of its own")
+    marked = next((ref.target_commit for ref in refs.tags if ref.name == tag), None)
+    if marked is None:
+        return False
+    if marked == head and not will_commit:
+        return True
+    raise PublishError(
+        f"tag {tag!r} already exists on {repo_id} at commit {marked[:12]}, not at the commit "
+        f"this publish leaves on {branch}; a tag never moves: publish under a new tag"
     )
 
 
@@ -554,6 +616,14 @@ def format_report(report: PublishReport) -> str:
         ]
         lines += [f"  deleted {path}" for path in report.deleted]
     lines.append(report.url)
+    if report.tag is not None:
+        pinned = f'load_dataset("{report.repo_id}", CONFIG, revision="{report.tag}")'
+        if report.dry_run:
+            lines.append(f"would tag that commit {report.tag}")
+        elif report.tag_created:
+            lines.append(f"tagged {report.tag}: load this release with {pinned}")
+        else:
+            lines.append(f"tag {report.tag} already marks it: load this release with {pinned}")
     return "\n".join(lines)
 
 
@@ -575,6 +645,11 @@ def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
         "--revision", metavar="BRANCH", help="branch to publish to, created if missing"
     )
     parser.add_argument(
+        "--tag",
+        metavar="TAG",
+        help="also tag the commit the branch then holds, e.g. v1.0 (refused if it marks another)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="check the build and list what would be uploaded; contact nothing",
@@ -589,7 +664,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m ncagen.publish") 
     logger.setLevel(logging.INFO)  # our progress lines, without the HTTP client's per-request ones
     try:
         report = publish(
-            args.dir, args.repo, private=args.private, revision=args.revision, dry_run=args.dry_run
+            args.dir,
+            args.repo,
+            private=args.private,
+            revision=args.revision,
+            tag=args.tag,
+            dry_run=args.dry_run,
         )
     except (ValueError, PublishError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -7,9 +7,22 @@ shard, in the same order. A stream is infinite by default (it keeps going over s
 0, 1, 2, ...) or bounded (`rows=N`, the rows of a build with `--rows N`).
 
 Shards are dealt round-robin over every consumer, (rank, DataLoader worker): shard i goes to
-consumer i % (world_size * num_workers), so no row is yielded twice and none is missed. Keep
-shards small enough that every consumer gets some (`shard_rows`), since the rows of one shard
-come out of one consumer.
+consumer i % (world_size * num_workers), so no row is yielded twice. Keep shards small enough
+that every consumer gets some (`shard_rows`), since the rows of one shard come out of one
+consumer.
+
+A bounded stream gives every rank the same number of rows, so a DDP job does not hang at its
+last step waiting for a rank that ran out (`even_ranks=True`, the default): each DataLoader
+worker yields the fewest rows that the worker at its position holds on any rank, computed from
+the plan (every shard's row count is known, so no communication is needed). The rest, the tail
+of the consumers that hold more, is dropped; none is dropped when the shards divide evenly
+(rows a multiple of shard_rows * world_size * num_workers). Equal rows per worker position
+means equal batches per rank, whatever the batch size.
+
+`load_rank_stream` is the same promise for a published config (a Hub repo or a built
+directory) streamed with `datasets` and `split_dataset_by_node`: every rank, and every
+DataLoader worker position on it, yields the same number of rows, worked out from the files' row
+counts in the build's manifest; `even_split` does the cut for a stream already loaded.
 
 `NCAStream` and `stream_loader` need torch and live in `ncagen.torch_stream`; they can be imported
 from here too, on first use. Everything else here needs no torch.
@@ -35,11 +48,12 @@ from .plan import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, shard_key
 from .config import Band, ConfigError, NCAConfig
 from .generate import DEFAULT_BATCH, generate
 
-TORCH_NAMES = ("NCAStream", "stream_loader", "distributed_rank")  # in ncagen.torch_stream
+TORCH_NAMES = ("NCAStream", "stream_loader", "distributed_rank", "EvenSplit", "even_split",
+               "load_rank_stream")  # in ncagen.torch_stream
 
 
 def __getattr__(name: str):
-    """`NCAStream`, `stream_loader` and `distributed_rank` need torch: they live in
+    """`NCAStream`, `stream_loader`, `load_rank_stream` and their helpers need torch: they live in
     ncagen.torch_stream and are imported from there on first use, so this module does not."""
     if name in TORCH_NAMES:
         from .extras import require
@@ -75,6 +89,14 @@ def row_dicts(cols: dict, cfg: NCAConfig, band_name: str) -> Iterator[dict]:
             "rule_seed": int(cols["rule_seed"][j]),
             "sim": int(cols["sim"][j]),
         }
+
+
+def even_quotas(shard_rows: list[int], world_size: int, workers: int) -> list[int]:
+    """Rows each DataLoader worker position yields on every rank, shard i going to consumer
+    i % (world_size * workers) = rank * workers + worker: the fewest any rank's worker holds."""
+    consumers = world_size * workers
+    held = [sum(shard_rows[c::consumers]) for c in range(consumers)]
+    return [min(held[r * workers + w] for r in range(world_size)) for w in range(workers)]
 
 
 def check_args(band: Band | str, rows: int | None, shard_rows: int, seed: int, split: str,
@@ -161,6 +183,30 @@ def nca_iterable_dataset(cfg: NCAConfig, band: Band | str, seed: int = 0, rows: 
         nca_generator, features=features,
         gen_kwargs={"shards": list(range(count)), "cfg": cfg, "band": str(band), "seed": seed,
                     "rows": rows, "shard_rows": shard_rows, "split": split, "device": device})
+
+
+def manifest_file_rows(path: str, config_name: str, split: str,
+                       revision: str | None = None) -> list[int]:
+    """Rows of each Parquet file of a config's split, in file order, from the build's manifest
+    (ncagen.json, beside the data in a build and in the Hub repo)."""
+    import json
+
+    from .shards import MANIFEST
+
+    if os.path.isdir(path):
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        local = hf_hub_download(path, MANIFEST, repo_type="dataset", revision=revision)
+        with open(local, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    prefix = f"data/{config_name}/{split}-"
+    rows = [e["rows"] for p, e in sorted(manifest["shards"].items()) if p.startswith(prefix)]
+    if not rows:
+        raise ConfigError(f"{path} has no {split} files for config {config_name!r}")
+    return rows
 
 
 def read_build(path: str, config_name: str) -> dict:

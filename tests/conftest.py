@@ -1,6 +1,7 @@
 """Shared fixtures: the repository root, and the stand-in Hub (tests/hub_server.py) for the
 modules that publish."""
 
+import contextlib
 import os
 import pathlib
 import secrets
@@ -29,10 +30,26 @@ def token() -> str:
 @pytest.fixture
 def hub(token, tmp_path, monkeypatch):
     """A running stand-in Hub, huggingface_hub pointed at it and cut off from any real login."""
-    from huggingface_hub import constants
-
     home = tmp_path / "hf_home"
     home.mkdir()
+    with serving_hub(token, home, monkeypatch) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_hub(tmp_path_factory):
+    """The same for a whole module (one token, one server), for tests that share a publish."""
+    home = tmp_path_factory.mktemp("hf_home")
+    with pytest.MonkeyPatch.context() as mp:
+        with serving_hub("hf_" + secrets.token_urlsafe(24), home, mp) as server:
+            yield server
+
+
+@contextlib.contextmanager
+def serving_hub(token: str, home: pathlib.Path, monkeypatch: pytest.MonkeyPatch):
+    """Run a HubServer with the environment and huggingface_hub constants pointed at it."""
+    from huggingface_hub import constants
+
     with HubServer(token) as server:
         for name in ("HF_OIDC_RESOURCE", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
             monkeypatch.delenv(name, raising=False)
@@ -46,6 +63,9 @@ def hub(token, tmp_path, monkeypatch):
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
         monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+        for name, folder in (("HF_HUB_CACHE", "hub"), ("HF_ASSETS_CACHE", "assets"),
+                             ("HF_XET_CACHE", "xet")):  # downloads stay in the test's home
+            monkeypatch.setattr(constants, name, str(home / folder))
         # The stand-in speaks the LFS batch API, not Xet.
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -1,11 +1,13 @@
 """A small stand-in for the Hugging Face Hub HTTP API, so publishing can be tested offline.
 
 `HubServer` runs a threaded `http.server` on 127.0.0.1 and answers the requests the real
-`huggingface_hub` client sends when it publishes a dataset: whoami, repo creation, branches,
-tree / paths-info listings, preupload (regular vs LFS), the Git LFS batch API with the basic
-transfer (a PUT to a pre-signed URL, then verify), the NDJSON commit endpoint (additions,
-deletions, and the 412 the Hub answers when `parentCommit` is no longer the branch head), and
-file downloads (`resolve`). Repositories, commits and LFS objects live in memory.
+`huggingface_hub` client sends when it publishes a dataset: whoami, repo creation, branches and
+tags (create, list refs; a tag resolves as a revision wherever a branch does), tree / paths-info
+listings, preupload (regular vs LFS), the Git LFS batch API with the basic transfer (a PUT to a
+pre-signed URL, then verify), the NDJSON commit endpoint (additions, deletions, and the 412 the
+Hub answers when `parentCommit` is no longer the branch head), and file downloads (`resolve`,
+whole or by byte range): enough for `datasets.load_dataset` to read a repo at any revision.
+Repositories, commits and LFS objects live in memory.
 
 Every request is recorded (method, path with query, headers, body) so a test can check where
 the token travelled, and every API request must carry `Authorization: Bearer <token>`;
@@ -37,7 +39,7 @@ TYPE_FROM_PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
 _API_REPO = re.compile(
     r"^/api/(?P<plural>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
-    r"(?:/(?P<op>tree|paths-info|preupload|commit|branch|revision|refs)(?:/(?P<rest>.*))?)?$"
+    r"(?:/(?P<op>tree|paths-info|preupload|commit|branch|tag|revision|refs)(?:/(?P<rest>.*))?)?$"
 )
 _LFS_API = re.compile(
     r"^/(?:(?P<plural>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)\.git"
@@ -47,6 +49,7 @@ _RESOLVE = re.compile(
     r"^/(?:(?P<plural>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)"
     r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
 )
+_BYTE_RANGE = re.compile(r"bytes=(?P<first>\d*)-(?P<last>\d*)")
 _LFS_STORAGE = re.compile(r"^/_lfs_storage/(?P<ticket>[0-9a-f]+)$")
 
 
@@ -111,6 +114,7 @@ class Repo:
     parents: dict[str, str | None] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # name -> commit id; tags never move
     lfs_objects: dict[str, bytes] = field(default_factory=dict)
 
     def add_commit(self, branch: str, files: dict[str, Blob], message: str) -> str:
@@ -123,9 +127,11 @@ class Repo:
         return oid
 
     def resolve(self, revision: str) -> str | None:
-        """Commit id for a branch name or commit id, None when unknown."""
+        """Commit id for a branch, tag or commit id, None when unknown."""
         if revision in self.branches:
             return self.branches[revision]
+        if revision in self.tags:
+            return self.tags[revision]
         return revision if revision in self.commits else None
 
     def history(self, branch: str) -> list[str]:
@@ -235,7 +241,7 @@ class HubServer:
                 return self._lfs_store(m["ticket"], body)
             self._check_auth(headers)
             with self._lock:
-                return self._route(method, path, query, body)
+                return self._route(method, path, query, body, headers)
         except HubError as err:
             extra = {"X-Error-Message": err.message}
             if err.code:
@@ -247,7 +253,9 @@ class HubServer:
         if not secrets.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             raise HubError(401, "Invalid credentials in Authorization header")
 
-    def _route(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict, bytes]:
+    def _route(
+        self, method: str, path: str, query: dict, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict, bytes]:
         if path == "/api/whoami-v2" and method == "GET":
             return self._whoami()
         if path == "/api/repos/create" and method == "POST":
@@ -262,7 +270,9 @@ class HubServer:
                 return self._lfs_verify(repo, json.loads(body))
         if (m := _RESOLVE.match(path)) and method in ("GET", "HEAD"):
             repo = self._get_repo(m["plural"] or "models", m["ns"], m["name"])
-            return self._resolve(repo, unquote(m["rev"]), unquote(m["path"]), head=method == "HEAD")
+            return self._resolve(
+                repo, unquote(m["rev"]), unquote(m["path"]), headers.get("range"), method == "HEAD"
+            )
         if m := _API_REPO.match(path):
             repo = self._get_repo(m["plural"], m["ns"], m["name"])
             op, rest = m["op"], m["rest"]
@@ -274,6 +284,8 @@ class HubServer:
                 return self._refs(repo)
             if op == "branch" and method == "POST" and rest:
                 return self._create_branch(repo, unquote(rest), json.loads(body or b"{}"))
+            if op == "tag" and method == "POST" and rest:
+                return self._create_tag(repo, unquote(rest), json.loads(body or b"{}"))
             if op == "tree" and method == "GET" and rest:
                 revision, _, sub = rest.partition("/")
                 return self._tree(repo, unquote(revision), unquote(sub), query, path)
@@ -341,13 +353,27 @@ class HubServer:
             {"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
             for name, oid in repo.branches.items()
         ]
-        return _json(200, {"branches": branches, "converts": [], "tags": []})
+        tags = [
+            {"name": name, "ref": f"refs/tags/{name}", "targetCommit": oid}
+            for name, oid in repo.tags.items()
+        ]
+        return _json(200, {"branches": branches, "converts": [], "tags": tags})
 
     def _create_branch(self, repo: Repo, branch: str, payload: dict) -> tuple[int, dict, bytes]:
         if branch in repo.branches:
             raise HubError(409, f"Reference already exists: refs/heads/{branch}")
         start, _ = self._snapshot(repo, payload.get("startingPoint") or "main")
         repo.branches[branch] = start
+        return _json(200, {})
+
+    def _create_tag(self, repo: Repo, revision: str, payload: dict) -> tuple[int, dict, bytes]:
+        tag = payload.get("tag")
+        if not isinstance(tag, str) or not tag:
+            raise HubError(400, "a tag name is required")
+        if tag in repo.tags:
+            raise HubError(409, f"Reference already exists: refs/tags/{tag}")
+        oid, _ = self._snapshot(repo, revision)
+        repo.tags[tag] = oid
         return _json(200, {})
 
     def _tree(
@@ -517,23 +543,35 @@ class HubServer:
         return _json(200, answer)
 
     def _resolve(
-        self, repo: Repo, revision: str, path: str, *, head: bool
+        self, repo: Repo, revision: str, path: str, byte_range: str | None, head: bool
     ) -> tuple[int, dict, bytes]:
         oid, snapshot = self._snapshot(repo, revision)
         if path not in snapshot:
             raise HubError(404, "Entry not found", "EntryNotFound")
         blob = snapshot[path]
         etag = blob.sha256 if blob.lfs else blob.oid
+        status, content, size = 200, blob.content, len(blob.content)
         headers = {
             "Content-Type": "application/octet-stream",
             "ETag": f'"{etag}"',
             "X-Repo-Commit": oid,
-            "Content-Length": str(len(blob.content)),
+            "Accept-Ranges": "bytes",
         }
+        m = _BYTE_RANGE.fullmatch((byte_range or "").strip())
+        if m and (m["first"] or m["last"]):
+            # What HfFileSystem reads a streamed Parquet file with: "bytes=a-b", "bytes=a-", "bytes=-n".
+            first, last = m["first"], m["last"]
+            start = int(first) if first else max(0, size - int(last))
+            end = min(int(last), size - 1) if first and last else size - 1
+            if start >= size or start > end:
+                raise HubError(416, f"range {byte_range} is outside the file's {size} bytes")
+            status, content = 206, content[start : end + 1]
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(len(content))
         if blob.lfs:
             headers["X-Linked-Etag"] = f'"{etag}"'
-            headers["X-Linked-Size"] = str(len(blob.content))
-        return 200, headers, b"" if head else blob.content
+            headers["X-Linked-Size"] = str(size)
+        return status, headers, b"" if head else content
 
 
 class _Handler(BaseHTTPRequestHandler):

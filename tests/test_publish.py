@@ -511,3 +511,81 @@ def test_branch_moving_after_the_plan_fails_the_commit_and_deletes_nothing(
     report = publish(build, REPO, endpoint=hub.url)  # a rerun plans against the new head
     assert report.deleted == (FIGURE, "notes.md")
     assert set(hub.files(REPO)) == (EXPECTED - {FIGURE}) | {".gitattributes"}
+
+
+def test_tag_marks_the_published_commit_and_a_rerun_changes_nothing(hub, build, capsys):
+    from huggingface_hub import HfApi
+
+    assert main([str(build), "--repo", REPO, "--revision", "dev", "--tag", "v1.0"]) == 0
+
+    repo = hub.repo(REPO)
+    assert repo.tags == {"v1.0": repo.branches["dev"]} and repo.branches["main"] != repo.tags["v1.0"]
+    out = capsys.readouterr().out
+    assert f'tagged v1.0: load this release with load_dataset("{REPO}", CONFIG, revision="v1.0")' in out
+    refs = HfApi(endpoint=hub.url).list_repo_refs(REPO, repo_type="dataset")
+    assert [(t.name, t.ref, t.target_commit) for t in refs.tags] == [
+        ("v1.0", "refs/tags/v1.0", repo.tags["v1.0"])
+    ]
+    assert set(hub.files(REPO, revision="v1.0")) == EXPECTED | {".gitattributes"}
+    requests = len(hub.requests)
+
+    report = publish(build, REPO, endpoint=hub.url, revision="dev", tag="v1.0")
+
+    assert report.commit is None and not report.tag_created and report.tag == "v1.0"
+    assert repo.tags == {"v1.0": repo.branches["dev"]}
+    assert not any("/tag/" in r.path or "/commit/" in r.path for r in hub.requests[requests:])
+    assert "tag v1.0 already marks it" in publish_module.format_report(report)
+
+
+def test_tag_marking_another_commit_is_refused_before_uploading(hub, build, capsys):
+    first = publish(build, REPO, endpoint=hub.url, tag="v1.0")
+    write_shard(build, SMALL, rows=9, seed=1)
+    write_manifest(build)
+    requests, puts = len(hub.requests), len(hub.lfs_puts)
+
+    assert main([str(build), "--repo", REPO, "--tag", "v1.0"]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert f"tag 'v1.0' already exists on {REPO} at commit {first.commit[:12]}" in err
+    assert "publish under a new tag" in err
+    new = hub.requests[requests:]
+    assert not any("/preupload/" in r.path or "/commit/" in r.path or "lfs" in r.path for r in new)
+    assert len(hub.lfs_puts) == puts and hub.repo(REPO).tags == {"v1.0": first.commit}
+    assert hub.repo(REPO).branches["main"] == first.commit
+
+    assert main([str(build), "--repo", REPO, "--tag", "v1.1"]) == 0  # a new tag for the new build
+    repo = hub.repo(REPO)
+    assert repo.tags["v1.1"] == repo.branches["main"] != first.commit
+    assert hub.files(REPO, revision="v1.0")[SMALL] != hub.files(REPO, revision="v1.1")[SMALL]
+
+
+@pytest.mark.parametrize("case", ["bad name", "commit-like name", "tag is the branch", "a branch"])
+def test_bad_tags_are_one_line_with_status_2(case, hub, build, capsys):
+    args = [str(build), "--repo", REPO]
+    if case == "a branch":
+        publish(build, REPO, endpoint=hub.url, revision="stable")
+    requests = len(hub.requests)
+    args += {
+        "bad name": ["--tag", "v1..0"],
+        "commit-like name": ["--tag", "0" * 40],
+        "tag is the branch": ["--revision", "stable", "--tag", "stable"],
+        "a branch": ["--tag", "stable"],
+    }[case]
+
+    assert main(args) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: ")
+    expected = {
+        "bad name": "bad tag 'v1..0'",
+        "commit-like name": "bad tag",
+        "tag is the branch": "has the name of the branch it would tag",
+        "a branch": f"'stable' is a branch of {REPO}",
+    }[case]
+    assert expected in err
+    new = hub.requests[requests:]
+    assert not any("/preupload/" in r.path or "/commit/" in r.path for r in new)
+    if case != "a branch":
+        assert new == []
+    assert hub.repos == {} or hub.repo(REPO).tags == {}

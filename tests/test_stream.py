@@ -9,10 +9,12 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from ncagen.plan import BuildConfig, plan
 from ncagen.config import Band, ConfigError, NCAConfig
-from ncagen.stream import NCAStream, nca_iterable_dataset, read_build, shard_tasks, stream_loader
+from ncagen.stream import (NCAStream, even_quotas, nca_iterable_dataset, read_build, shard_tasks,
+                           stream_loader)
 
 CONFIG = "band_50_100"
 ROWS, SHARD_ROWS, VAL_ROWS, SEQ_LEN = 120, 15, 30, 380
@@ -126,3 +128,62 @@ def test_forked_workers_after_the_parent_generated():
                                          batch_size=None, num_workers=2, multiprocessing_context="fork",
                                          timeout=60)
     assert sorted(r["rule_seed"] for r in loader) == sorted(want)
+
+
+def dealt(want: dict, shards: list[int], rows: int) -> list[tuple]:
+    """The first `rows` rows of the given build shards, in that order."""
+    seeds = [s for i in shards for s in want["rule_seed"][i * SHARD_ROWS:(i + 1) * SHARD_ROWS]]
+    ids = [x for i in shards for x in want["input_ids"][i * SHARD_ROWS:(i + 1) * SHARD_ROWS]]
+    return as_rows(seeds[:rows], ids[:rows])
+
+
+@pytest.mark.parametrize("world_size, per_rank", [(2, 45), (3, 30)])
+def test_bounded_stream_gives_every_rank_the_same_rows(built, world_size, per_rank):
+    """7 full shards over 2 ranks (4 + 3) or 3 ranks (3 + 2 + 2): each rank stops at the fewest."""
+    rows = 7 * SHARD_ROWS
+    want = build_rows(built, "train")
+    got = [[(r["rule_seed"], tuple(int(t) for t in r["input_ids"]))
+            for r in NCAStream.from_build(str(built), CONFIG, rows=rows, rank=rank,
+                                          world_size=world_size)]
+           for rank in range(world_size)]
+    assert [len(g) for g in got] == [per_rank] * world_size
+    every = [row for g in got for row in g]
+    assert len(set(every)) == len(every)  # no row twice
+    for rank, g in enumerate(got):  # each rank's own shards, its tail beyond the fewest dropped
+        assert g == dealt(want, list(range(rank, 7, world_size)), per_rank)
+
+    uneven = [sum(1 for _ in NCAStream.from_build(str(built), CONFIG, rows=rows, rank=rank,
+                                                 world_size=world_size, even_ranks=False))
+              for rank in range(world_size)]
+    assert sum(uneven) == rows and len(set(uneven)) > 1  # what even_ranks evens out
+
+
+def test_bounded_stream_gives_equal_batches_over_ranks_and_workers(built):
+    """2 ranks x 2 workers over 7 shards: consumers hold 2, 2, 2, 1 shards; the worker positions
+    yield 30 and 15 rows on both ranks, so both ranks see the same batches."""
+    want = build_rows(built, "train")
+    stream = NCAStream.from_build(str(built), CONFIG, rows=7 * SHARD_ROWS, rank=0, world_size=2)
+    assert stream.quotas(2) == [30, 15] and even_quotas([15] * 7, 2, 2) == [30, 15]
+    batches = {}
+    for rank in (0, 1):
+        loader = torch.utils.data.DataLoader(
+            NCAStream.from_build(str(built), CONFIG, rows=7 * SHARD_ROWS, rank=rank, world_size=2),
+            batch_size=4, num_workers=2, multiprocessing_context="fork", timeout=120)
+        batches[rank] = [as_rows(b["rule_seed"].tolist(), b["input_ids"].tolist()) for b in loader]
+    assert [len(b) for b in batches.values()] == [12, 12]  # ceil(30 / 4) + ceil(15 / 4) each
+    every = [row for rank in (0, 1) for b in batches[rank] for row in b]
+    assert len(every) == 90 and len(set(every)) == 90
+    # consumer c = rank * 2 + worker holds shards c, c + 4: rank 1's worker 1 holds shard 3 only
+    expected = dealt(want, [0, 4], 30) + dealt(want, [1, 5], 15) + dealt(want, [2, 6], 30) + \
+        dealt(want, [3], 15)
+    assert sorted(every) == sorted(expected)
+
+
+def test_too_few_shards_for_the_ranks_is_an_error_on_every_rank():
+    cfg = NCAConfig(seq_len=380)
+    for rank in range(3):  # 2 shards for 3 ranks: no rank starts, so none waits for another
+        stream = NCAStream(cfg, "0.5-1.0", rows=30, shard_rows=15, rank=rank, world_size=3)
+        with pytest.raises(ConfigError, match="lower shard_rows to at most 10"):
+            next(iter(stream))
+    assert len(list(NCAStream(cfg, "0.5-1.0", rows=4, shard_rows=2, rank=2, world_size=3,
+                              even_ranks=False))) == 0
