@@ -637,9 +637,11 @@ def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REP
     store = Storage(out_dir)
     manifest, parts = scan_build(out_dir, quick)
     if figures:
-        for part in parts:
-            for rel, png in render_figures(part).items():
-                store.write_bytes(rel, png)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pngs = [item for part in parts for item in render_figures(part).items()]
+        with ThreadPoolExecutor(4, thread_name_prefix="ncagen-card") as writers:  # uploads overlap
+            list(writers.map(lambda item: store.write_bytes(*item), pngs))
     store.write_bytes(README, render_card(manifest, parts, repo_id=repo_id,
                                           figures=figures).encode())
     return store.url(README)

@@ -35,10 +35,25 @@ class LocalExecutor:
         self.device = pick_device(self.cfg.device, fallback=False)
 
     def run(self, tasks: list[ShardTask], on_running, on_result) -> None:
-        for task in tasks:
-            report = lambda rows, t=task: on_running(t, rows)  # noqa: E731
-            on_result(task, run_shard(task, self.cfg.out, self.device, self.cfg.batch,
-                                      report=report))
+        """Shards one after another. On an object store a finished shard is uploaded and
+        recorded (`on_result`) on one other thread, in plan order, while the next one is made."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="ncagen-upload") as uploads:
+            pending = []
+            try:
+                for task in tasks:
+                    report = lambda rows, t=task: on_running(t, rows)  # noqa: E731
+                    publish = run_shard(task, self.cfg.out, self.device, self.cfg.batch,
+                                        report=report, defer=True)
+                    pending.append(uploads.submit(lambda t=task, p=publish: on_result(t, p())))
+                    while pending and pending[0].done():
+                        pending.pop(0).result()  # raises what the upload raised
+                for future in pending:
+                    future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
 
     def close(self) -> None:
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 BAR = 24
@@ -38,20 +39,23 @@ class Progress:
         self.done_rows = self.new_rows = self.shards = 0
         self.partial: dict[str, int] = {}  # shard path -> rows made so far (running shards)
         self.t0 = self.last = time.perf_counter()
+        self.lock = threading.Lock()  # shards may finish on another thread (uploads)
 
     def running(self, path: str, rows: int) -> None:
         """A worker's running count of the rows of one unfinished shard."""
-        self.partial[path] = rows
-        self.tick()
+        with self.lock:
+            self.partial[path] = rows
+            self.tick()
 
     def finished(self, path: str, rows: int, reused: bool) -> None:
         """A shard is done (`reused`: it was already there)."""
-        self.partial.pop(path, None)
-        self.shards += 1
-        self.done_rows += rows
-        if not reused:
-            self.new_rows += rows
-        self.tick(force=self.shards == self.total_shards)
+        with self.lock:
+            self.partial.pop(path, None)
+            self.shards += 1
+            self.done_rows += rows
+            if not reused:
+                self.new_rows += rows
+            self.tick(force=self.shards == self.total_shards)
 
     @property
     def rows(self) -> int:

@@ -126,10 +126,12 @@ def _regroup(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
 
 
 def write_shard(store: Storage, rel_path: str, tables: Iterable[pa.Table], schema_: pa.Schema,
-                stats_fn) -> ShardResult:
-    """Stream tables into rel_path atomically; `stats_fn()` gives the metadata to embed."""
+                stats_fn, defer: bool = False):
+    """Stream tables into rel_path atomically; `stats_fn()` gives the metadata to embed.
+    Returns the ShardResult, or with `defer` a function that makes the file appear (uploads a
+    spooled object; see Storage.atomic_write) and returns it."""
     rows = 0
-    with store.atomic_write(rel_path) as sink:
+    with store.atomic_write(rel_path, defer=defer) as sink:
         writer = pq.ParquetWriter(sink, schema_, compression="zstd")
         try:
             for t in _regroup(tables, ROW_GROUP_ROWS):
@@ -139,11 +141,15 @@ def write_shard(store: Storage, rel_path: str, tables: Iterable[pa.Table], schem
             writer.add_key_value_metadata({STATS_KEY: json.dumps(stats).encode()})
         finally:
             writer.close()
-    w = sink.written
-    return ShardResult(path=rel_path, rows=rows, tokens=int(stats.get("tokens", 0)),
-                       sha256=w.sha256, bytes=w.bytes, mtime_ns=w.mtime_ns,
-                       candidates=int(stats.get("candidates", 0)),
-                       accepted=int(stats.get("accepted", 0)))
+
+    def finish() -> ShardResult:
+        w = sink.publish()
+        return ShardResult(path=rel_path, rows=rows, tokens=int(stats.get("tokens", 0)),
+                           sha256=w.sha256, bytes=w.bytes, mtime_ns=w.mtime_ns,
+                           candidates=int(stats.get("candidates", 0)),
+                           accepted=int(stats.get("accepted", 0)))
+
+    return finish if defer else finish()
 
 
 def shard_stats(store: Storage, rel_path: str) -> tuple[int, dict]:

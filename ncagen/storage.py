@@ -118,6 +118,7 @@ class _Hashing:
     def __init__(self, sink):
         self.sink, self.digest, self.size, self.closed = sink, hashlib.sha256(), 0, False
         self.written: Written | None = None  # set when the atomic write has completed
+        self.publish = lambda: self.written  # a deferred write: makes it appear, returns Written
 
     def write(self, data) -> int:
         view = memoryview(data)
@@ -220,19 +221,30 @@ class Storage:
 
     # writing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def atomic_write(self, rel: str) -> Iterator[_Hashing]:
+    def atomic_write(self, rel: str, defer: bool = False) -> Iterator[_Hashing]:
         """Yield a binary sink; on a clean exit its bytes appear whole under `rel`.
 
         After the block, `sink.written` is the Written record. On an exception nothing appears
-        under `rel` (a previous file there is left as it was).
+        under `rel` (a previous file there is left as it was). With `defer` on an object store the
+        bytes wait in the local spool until `sink.publish()` uploads them (and returns the
+        record), so a caller can go on with other work meanwhile; locally it changes nothing.
         """
         with storage_errors(self.url(rel)):
             if self.local:
                 with self._local_write(rel) as sink:
                     yield sink
-            else:
-                with self._spooled_write(rel) as sink:
-                    yield sink
+                return
+            spool = tempfile.TemporaryFile(prefix="ncagen-spool-")
+            sink = _Hashing(spool)
+            try:
+                yield sink
+                spool.flush()
+            except BaseException:
+                spool.close()
+                raise
+        sink.publish = lambda: self._upload(rel, spool, sink)
+        if not defer:
+            sink.publish()
 
     @contextlib.contextmanager
     def _local_write(self, rel: str) -> Iterator[_Hashing]:
@@ -254,25 +266,25 @@ class Storage:
         _fsync_dir(folder)  # and the rename itself survives a power cut
         sink.written = Written(sink.size, sink.digest.hexdigest(), os.stat(final).st_mtime_ns)
 
-    @contextlib.contextmanager
-    def _spooled_write(self, rel: str) -> Iterator[_Hashing]:
+    def _upload(self, rel: str, spool, sink: _Hashing) -> Written:
+        """Upload a spooled file whole under `rel` and check its size (object stores)."""
+        if sink.written is not None:
+            return sink.written
         final = self.path(rel)
-        with tempfile.TemporaryFile(prefix="ncagen-spool-") as spool:
-            sink = _Hashing(spool)
-            yield sink
-            spool.flush()
+        with spool, storage_errors(self.url(rel)):
             spool.seek(0)
             self.fs.create_dir(posixpath.dirname(final), recursive=True)
             with self.fs.open_output_stream(final) as out:
                 while chunk := spool.read(_CHUNK):
                     out.write(chunk)
-        got = self.entry(rel)
-        if got is None or got.bytes != sink.size:  # never leave a short object under its name
-            with contextlib.suppress(OSError):
-                self.fs.delete_file(final)
-            raise StorageError(f"upload of {self.url(rel)} came out {got.bytes if got else 0} "
-                               f"bytes, not {sink.size}; {RESUME_HINT}")
+            got = self.entry(rel)
+            if got is None or got.bytes != sink.size:  # never leave a short object under its name
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(final)
+                raise StorageError(f"upload of {self.url(rel)} came out "
+                                   f"{got.bytes if got else 0} bytes, not {sink.size}; {RESUME_HINT}")
         sink.written = Written(sink.size, sink.digest.hexdigest(), got.mtime_ns)
+        return sink.written
 
     def write_bytes(self, rel: str, data: bytes) -> Written:
         with self.atomic_write(rel) as sink:

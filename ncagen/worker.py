@@ -51,12 +51,14 @@ def pick_device(device: str, fallback: bool, where: str = "this machine") -> str
 
 def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None = None,
               threads: int | None = None, report=None, fallback: bool = False,
-              in_ray: bool = False, width=None) -> dict:
+              in_ray: bool = False, width=None, defer: bool = False):
     """Generate one shard and write it atomically to `out`; returns its record.
 
     `report(rows_so_far)` is called as rows are made. In a Ray task (`in_ray`) threads come from
     the node unless given; `fallback` lets a CUDA request run on the CPU where no GPU is visible.
     `width()` may raise the CPU thread count while the shard runs (see `generate.generate`).
+    With `defer`, returns a function that publishes the file (the upload to an object store)
+    and returns the record, so the next shard can be generated meanwhile.
     """
     from . import __version__, shards
     from .generate import DEFAULT_BATCH, ShardStats, generate
@@ -85,7 +87,14 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
     meta = lambda: {"tokens": task.rows * task.nca.seq_len, "candidates": stats.candidates,  # noqa: E731
                     "accepted": stats.accepted, "key": str(task.key), "version": __version__,
                     "token_counts": shards.pack_counts(counts)}
-    result = shards.write_shard(store, task.path, tables(), shards.schema(task.nca), meta)
-    result.seconds = round(time.perf_counter() - t0, 3)
-    widest = max(threads or 0, width() if width is not None else 0)  # threads at the end
-    return {**result.to_dict(), "device": device, "threads": widest, "node": node}
+    written = shards.write_shard(store, task.path, tables(), shards.schema(task.nca), meta,
+                                 defer=defer)
+    seconds = time.perf_counter() - t0
+
+    def record() -> dict:
+        result = written() if defer else written
+        result.seconds = round(seconds, 3)  # generating and writing; not a deferred upload
+        widest = max(threads or 0, width() if width is not None else 0)  # threads at the end
+        return {**result.to_dict(), "device": device, "threads": widest, "node": node}
+
+    return record if defer else record()
