@@ -42,14 +42,11 @@ class ShardStats:
     ratio_max: float = float("-inf")
 
     def add(self, ratios: np.ndarray, accepted: int) -> None:
-        """Count a unit's candidates; NaN ratios (certainly below the band, not measured) count
-        as candidates but not in the ratio range."""
         self.candidates += len(ratios)
         self.accepted += accepted
-        measured = ratios[~np.isnan(ratios)]
-        if len(measured):
-            self.ratio_min = min(self.ratio_min, float(measured.min()))
-            self.ratio_max = max(self.ratio_max, float(measured.max()))
+        if len(ratios):
+            self.ratio_min = min(self.ratio_min, float(ratios.min()))
+            self.ratio_max = max(self.ratio_max, float(ratios.max()))
 
 
 def candidate_seeds(shard_key: int, start: int, count: int, sims_per_rule: int):
@@ -90,12 +87,11 @@ def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, gri
 def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
                    device: str, threads: int | None) -> tuple[dict, np.ndarray]:
     """One unit of work: (columns of the candidates whose gzip ratio lies in the band, every
-    candidate's ratio, NaN where it was certainly below the band and not measured). On the CPU it
-    runs on one thread (`threads` = 1) beside other units."""
+    candidate's ratio). On the CPU it runs on one thread (`threads` = 1) beside other units."""
     R, K = cfg.ratio_grids, cfg.grids_per_sequence
     head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device,
                                          threads=threads)  # (B, R, P)
-    ratios = complexity.band_ratios(head, band.lo, cfg.gzip_level, workers=threads)  # NaN: <= lo
+    ratios = complexity.gzip_ratios(head, cfg.gzip_level, workers=threads)
     keep = np.flatnonzero(band.mask(ratios))
     head, seeds, sm = head[keep], rule_seeds[keep], sims[keep]
     if not len(keep):
@@ -160,12 +156,10 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
             if take:
                 yield {k: v[:take] for k, v in cols.items()}
             if stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT:
-                seen = (f"in [{stats.ratio_min:.3f}, {stats.ratio_max:.3f}]"
-                        if stats.ratio_max >= stats.ratio_min else f"all at most {band.lo:g}")
                 raise BandUnreachable(
                     f"band {band} looks unreachable for states={cfg.states}: {stats.candidates} "
-                    f"random rules gave gzip ratios {seen}, none strictly inside "
-                    f"({band.lo:g}, {band.hi:g})")
+                    f"random rules gave gzip ratios in [{stats.ratio_min:.3f}, "
+                    f"{stats.ratio_max:.3f}], none strictly inside ({band.lo:g}, {band.hi:g})")
     finally:
         for future in queue:  # the caller stopped early: queued units are dropped, running ones
             future.cancel()   # finish unseen
