@@ -12,9 +12,11 @@ import io
 
 import numpy as np
 
+from ..config import NCAConfig
 from .scan import PartitionStats
 
 FIGURES = "figures"
+BANDS_FIGURE = f"{FIGURES}/bands.png"  # every config side by side
 STRIP_GRIDS = 12  # grids of each shown trajectory
 # Fixed axes margins (fractions of the 500 x 280 px plots), wide enough for 6-digit histogram
 # counts and log-axis labels like 3x10^-2; tight_layout would fit them exactly but costs a whole
@@ -31,10 +33,7 @@ def samples_png(part: PartitionStats) -> bytes:
     """The first grids of a config's sample rows, one strip per row, as PNG."""
     from PIL import Image
 
-    from ..tokens import decode_sequence, render_strip
-
-    strips = [render_strip(decode_sequence(ids, part.nca)[:STRIP_GRIDS], part.nca.states, scale=5)
-              for ids in part.samples]
+    strips = [trajectory_strip(ids, part.nca) for ids in part.samples]
     gap = 6
     width = max(s.width for s in strips)
     height = sum(s.height for s in strips) + gap * (len(strips) - 1)
@@ -43,8 +42,24 @@ def samples_png(part: PartitionStats) -> bytes:
     for s in strips:
         canvas.paste(s, (0, y))
         y += s.height + gap
+    return _image_png(canvas)
+
+
+def trajectory_strip(ids: np.ndarray, nca: NCAConfig, grids: int = STRIP_GRIDS, scale: int = 5):
+    """The first grids of one row's input_ids (seq_len,), left to right, as a PIL image."""
+    from ..tokens import decode_sequence, render_strip
+
+    return render_strip(decode_sequence(ids, nca)[:grids], nca.states, scale=scale)
+
+
+def trajectory_png(ids: np.ndarray, nca: NCAConfig) -> bytes:
+    """One row's sample strip (the first STRIP_GRIDS grids) as PNG: the preview config's image."""
+    return _image_png(trajectory_strip(ids, nca))
+
+
+def _image_png(image) -> bytes:
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -100,3 +115,22 @@ def render_figures(part: PartitionStats) -> dict[str, bytes]:
     paths = figure_paths(part.name)
     return {paths["samples"]: samples_png(part), paths["gzip_ratio"]: ratio_histogram_png(part),
             paths["zipf"]: zipf_png(part)}
+
+
+def bands_png(parts: list[PartitionStats], titles: list[str]) -> bytes:
+    """The first train row of every config, one strip under the other with its title, as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height = 0.25 + 0.75 * len(parts)  # inches: a title and a strip per config
+    fig = Figure(figsize=(6.4, height), dpi=100)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / height, hspace=0.45)
+    for ax, part, title in zip(fig.subplots(len(parts), 1, squeeze=False)[:, 0], parts, titles):
+        if part.samples:
+            ax.imshow(np.asarray(trajectory_strip(part.samples[0], part.nca)),
+                      interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=8, loc="left")
+    return _png(fig)
+

@@ -14,7 +14,10 @@ import numpy as np
 
 from .. import __version__
 from ..config import Band, NCAConfig
-from .figures import STRIP_GRIDS, figure_paths
+from ..shards import PREVIEW_DIR
+from .figures import BANDS_FIGURE, STRIP_GRIDS, figure_paths
+from .preview import FEATURES as PREVIEW_FEATURES
+from .preview import PREVIEW_CONFIG, PreviewFile
 from .scan import PartitionStats
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -93,8 +96,9 @@ def _edge(x: float) -> str:
     return s if "." in s else f"{s}.0"
 
 
-def card_metadata(parts: list[PartitionStats]) -> dict:
-    """The card's YAML header: license, tags, one config per partition and its dataset_info."""
+def card_metadata(parts: list[PartitionStats], preview: PreviewFile | None = None) -> dict:
+    """The card's YAML header: license, tags, one config per partition and its dataset_info,
+    then the preview config when there is one."""
     default = default_config(parts)
     configs, infos = [], []
     for p in parts:
@@ -110,6 +114,18 @@ def card_metadata(parts: list[PartitionStats]) -> dict:
                        for s, st in p.splits.items()],
             "download_size": sum(st.download_bytes for st in p.splits.values()),
             "dataset_size": sum(st.num_bytes for st in p.splits.values()),
+        })
+    if preview is not None:
+        configs.append({"config_name": PREVIEW_CONFIG,
+                        "data_files": [{"split": "train", "path": f"{PREVIEW_DIR}/train-*.parquet"}]})
+        infos.append({
+            "config_name": PREVIEW_CONFIG,
+            "features": [{"name": name, "dtype": f.get("dtype", "image")}
+                         for name, f in PREVIEW_FEATURES],
+            "splits": [{"name": "train", "num_bytes": preview.num_bytes,
+                        "num_examples": preview.rows}],
+            "download_size": preview.download_bytes,
+            "dataset_size": preview.num_bytes,
         })
     return {
         "license": "mit",
@@ -215,7 +231,7 @@ def quantiles_table(ratios: np.ndarray) -> str:
 def figures_markdown(part: PartitionStats) -> str:
     """The config's figures with captions, as relative image links."""
     paths, z = figure_paths(part.name), zipf_stats(part.token_counts[:part.nca.grid_start])
-    shown = min(STRIP_GRIDS, part.nca.seq_len // part.nca.tokens_per_grid)
+    shown = shown_grids(part.nca)
     edges = f"{_edge(part.band.lo)} and {_edge(part.band.hi)}"
     ranks = min(z["used"], ZIPF_RANKS)
     figures = [
@@ -229,6 +245,11 @@ def figures_markdown(part: PartitionStats) -> str:
           f"is 1/rank. Fitted slope over the top {ranks:,} ranks: {z['slope']:.2f}.")),
     ]
     return "".join(f"![{alt}]({path})\n\n*{caption}*\n\n" for alt, path, caption in figures)
+
+
+def shown_grids(nca: NCAConfig) -> int:
+    """How many grids a drawn trajectory shows: STRIP_GRIDS, or fewer in a short row."""
+    return min(STRIP_GRIDS, nca.seq_len // nca.tokens_per_grid)
 
 
 def config_section(part: PartitionStats, repo_id: str, figures: bool) -> str:
@@ -247,14 +268,14 @@ def config_section(part: PartitionStats, repo_id: str, figures: bool) -> str:
 
 
 def render_card(manifest: dict, parts: list[PartitionStats], *, repo_id: str = DEFAULT_REPO,
-                figures: bool = True) -> str:
-    """The whole README.md of a build, from its manifest and scanned statistics."""
+                figures: bool = True, preview: PreviewFile | None = None) -> str:
+    """The whole README.md of a build, from its manifest, scanned statistics and preview file."""
     import yaml
 
     default = next(p for p in parts if p.name == default_config(parts))
     nca = default.nca
     return _template("dataset_card.md").substitute(
-        yaml=yaml.safe_dump(card_metadata(parts), sort_keys=False, allow_unicode=True, width=100),
+        yaml=yaml.safe_dump(card_metadata(parts, preview), sort_keys=False, allow_unicode=True, width=100),
         version=manifest.get("ncagen_version", __version__), config_count=len(parts),
         total_rows=f"{sum(p.rows for p in parts):,}",
         total_tokens=f"{sum(p.tokens for p in parts):,}",
@@ -269,7 +290,9 @@ def render_card(manifest: dict, parts: list[PartitionStats], *, repo_id: str = D
         temperature=f"{nca.temperature:g}", identity_bias=f"{nca.identity_bias:g}",
         burn_in=nca.burn_in, dt=nca.dt, gzip_level=nca.gzip_level,
         parameters_table=parameters_table(manifest),
-        splits_sentence=splits_sentence(parts),
+        splits_sentence=splits_sentence(parts), preview=preview_text(parts, preview, repo_id),
+        acceptance_table=acceptance_table(parts),
+        bands_figure=bands_markdown(parts) if figures else "",
         command=manifest.get("command") or "(not recorded)")
 
 
@@ -283,3 +306,37 @@ def splits_sentence(parts: list[PartitionStats]) -> str:
 
 def _template(name: str) -> string.Template:
     return string.Template((TEMPLATES / name).read_text(encoding="utf-8"))
+
+
+def acceptance_table(parts: list[PartitionStats]) -> str:
+    """The share of candidate trajectories each config kept: one row per alphabet, one column
+    per band ("-" where the build has no such config)."""
+    bands = sorted({p.band for p in parts}, key=lambda b: (b.lo, b.hi))
+    cells = {(p.nca.states, p.band): f"{p.acceptance_rate:.1%}" for p in parts}
+    rows = [[f"n = {n}", *(cells.get((n, b), "-") for b in bands)]
+            for n in sorted({p.nca.states for p in parts})]
+    return _table(["alphabet", *(band_text(b) for b in bands)], rows)
+
+
+def config_title(part: PartitionStats) -> str:
+    """A config's one-line label in the figure of all configs."""
+    return f"{part.name}: gzip ratio {band_text(part.band)}, {part.nca.states} states"
+
+
+def bands_markdown(parts: list[PartitionStats]) -> str:
+    """The figure of every config side by side, with its caption."""
+    return (f"![the first train row of every config]({BANDS_FIGURE})\n\n"
+            f"*The first {shown_grids(parts[0].nca)} grids of the first train row of each "
+            f"config, by alphabet and then band (time runs left to right).*\n\n")
+
+
+def preview_text(parts: list[PartitionStats], preview: PreviewFile | None, repo_id: str) -> str:
+    """What the card says about the preview config, empty when there is none."""
+    if preview is None:
+        return ""
+    per = min(len(p.head) for p in parts)
+    return (f"The `{PREVIEW_CONFIG}` config is for looking, not training: the first {per} train "
+            f"rows of every config ({preview.rows:,} rows), each with a picture of its first "
+            f"{shown_grids(parts[0].nca)} grids (an `image` column) beside its `band`, `gzip_ratio`, "
+            f"`rule_seed`, `sim` and `states`; the dataset viewer shows it. "
+            f"`load_dataset(\"{repo_id}\", \"{PREVIEW_CONFIG}\")` loads it like any config.\n")

@@ -18,6 +18,8 @@ from ..config import Band, NCAConfig
 
 SPLITS = ("train", "validation")
 SAMPLE_ROWS = 3  # trajectories shown in a config's sample strip
+HEAD_ROWS = 24  # first train rows kept: the sample strip's and the preview config's
+HEAD_COLUMNS = ("input_ids", "gzip_ratio", "rule_seed", "sim")  # what is kept of them
 SCAN_BATCH = 8192  # rows read at a time (the shards' row-group size); num_bytes is summed per
 #                    batch (list offsets included), so another size would change the card's YAML
 COUNT_CHUNK = 1 << 18  # token ids counted at a time
@@ -48,7 +50,7 @@ class PartitionStats:
     splits: dict  # split -> SplitStats
     ratios: np.ndarray  # (rows,) float32, gzip ratio of every row, train then validation
     token_counts: np.ndarray  # (vocab_size,) int64, occurrences of every token id
-    samples: list  # input_ids (seq_len,) of the first train rows
+    head: list  # the first HEAD_ROWS train rows: dicts of HEAD_COLUMNS, input_ids (seq_len,)
     candidates: int  # summed from the shards' embedded generation stats
     accepted: int
 
@@ -59,6 +61,11 @@ class PartitionStats:
     @property
     def tokens(self) -> int:
         return sum(s.tokens for s in self.splits.values())
+
+    @property
+    def samples(self) -> list:
+        """input_ids (seq_len,) of the first SAMPLE_ROWS train rows, for the sample strip."""
+        return [r["input_ids"] for r in self.head[:SAMPLE_ROWS]]
 
     @property
     def acceptance_rate(self) -> float:
@@ -121,7 +128,7 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
 
     fsys, base = filesystem(out_dir)
     expected = schema(nca)
-    splits, ratios, samples = {}, [], []
+    splits, ratios, head = {}, [], []
     counts = np.zeros(nca.vocab_size, np.int64)
     group_bytes: dict[int, int] = {}  # rows of a row group -> its Arrow size
     candidates = accepted = 0
@@ -143,9 +150,9 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
         for col, want in (("states", nca.states), ("band", name)):
             if any(v is not None and v != want for v in batch.column(col).unique().to_pylist()):
                 raise CardError(f"{rel} has rows whose {col} is not {want}")
-        if split == "train" and len(samples) < SAMPLE_ROWS:
-            samples.extend(np.asarray(r, np.int32)
-                           for r in ids.slice(0, SAMPLE_ROWS - len(samples)).to_pylist())
+        if split == "train" and len(head) < HEAD_ROWS:
+            rows = batch.slice(0, HEAD_ROWS - len(head)).select(list(HEAD_COLUMNS)).to_pylist()
+            head.extend({**r, "input_ids": np.asarray(r["input_ids"], np.int32)} for r in rows)
         group_bytes.setdefault(batch.num_rows, batch.nbytes)
         return values.size
 
@@ -170,7 +177,7 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
                         raise CardError(f"{rel}: its footer's token counts do not add up to its rows")
                     counts += found
                     for i, rows in enumerate(groups):  # one group of each size, for its layout
-                        if rows not in group_bytes or (split == "train" and len(samples) < SAMPLE_ROWS):
+                        if rows not in group_bytes or (split == "train" and len(head) < HEAD_ROWS):
                             take(pf.read_row_group(i).to_batches()[0], rel, split, False)
                         st.num_bytes += group_bytes[rows]
                     ratio = pf.read(columns=["gzip_ratio"]).column("gzip_ratio").combine_chunks()
@@ -185,7 +192,7 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
                         st.num_bytes += batch.nbytes
                         st.rows += batch.num_rows
     all_ratios = np.concatenate(ratios) if ratios else np.zeros(0, np.float32)
-    return PartitionStats(name, band, nca, splits, all_ratios, counts, samples, candidates,
+    return PartitionStats(name, band, nca, splits, all_ratios, counts, head, candidates,
                           accepted)
 
 
