@@ -19,9 +19,9 @@ from .figures import (BANDS_FIGURE, FIGURES, bands_png, figure_paths, ratio_hist
                       render_figures, samples_png, trajectory_png, zipf_png)
 from .preview import PREVIEW_CONFIG, PREVIEW_FILE, PreviewFile, preview_table, render_preview
 from .render import (DEFAULT_CONFIG, DEFAULT_REPO, acceptance_table, band_text, card_metadata,
-                     config_section, config_title, configs_table, default_config, feature_yaml, layout_table, parameters_table,
-                     quantiles_table, ratio_quantiles, render_card, size_category, splits_table,
-                     zipf_stats)
+                     config_section, config_title, configs_table, default_config, feature_yaml,
+                     layout_table, parameters_table, quantiles_table, ratio_quantiles, render_card,
+                     size_category, splits_table, zipf_stats)
 from .scan import (CardError, PartitionStats, SplitStats, cross_check, load_manifest,
                    parquet_files, partition_config, scan_build, scan_partition)
 

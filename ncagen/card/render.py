@@ -116,8 +116,8 @@ def card_metadata(parts: list[PartitionStats], preview: PreviewFile | None = Non
             "dataset_size": sum(st.num_bytes for st in p.splits.values()),
         })
     if preview is not None:
-        configs.append({"config_name": PREVIEW_CONFIG,
-                        "data_files": [{"split": "train", "path": f"{PREVIEW_DIR}/train-*.parquet"}]})
+        files = [{"split": "train", "path": f"{PREVIEW_DIR}/train-*.parquet"}]
+        configs.append({"config_name": PREVIEW_CONFIG, "data_files": files})
         infos.append({
             "config_name": PREVIEW_CONFIG,
             "features": [{"name": name, "dtype": f.get("dtype", "image")}
@@ -275,7 +275,8 @@ def render_card(manifest: dict, parts: list[PartitionStats], *, repo_id: str = D
     default = next(p for p in parts if p.name == default_config(parts))
     nca = default.nca
     return _template("dataset_card.md").substitute(
-        yaml=yaml.safe_dump(card_metadata(parts, preview), sort_keys=False, allow_unicode=True, width=100),
+        yaml=yaml.safe_dump(card_metadata(parts, preview), sort_keys=False, allow_unicode=True,
+                            width=100),
         version=manifest.get("ncagen_version", __version__), config_count=len(parts),
         total_rows=f"{sum(p.rows for p in parts):,}",
         total_tokens=f"{sum(p.tokens for p in parts):,}",
@@ -337,6 +338,6 @@ def preview_text(parts: list[PartitionStats], preview: PreviewFile | None, repo_
     per = min(len(p.head) for p in parts)
     return (f"The `{PREVIEW_CONFIG}` config is for looking, not training: the first {per} train "
             f"rows of every config ({preview.rows:,} rows), each with a picture of its first "
-            f"{shown_grids(parts[0].nca)} grids (an `image` column) beside its `band`, `gzip_ratio`, "
-            f"`rule_seed`, `sim` and `states`; the dataset viewer shows it. "
+            f"{shown_grids(parts[0].nca)} grids (an `image` column) beside its `band`, "
+            f"`gzip_ratio`, `rule_seed`, `sim` and `states`; the dataset viewer shows it. "
             f"`load_dataset(\"{repo_id}\", \"{PREVIEW_CONFIG}\")` loads it like any config.\n")
