@@ -79,6 +79,8 @@ def parquet_bytes(table) -> bytes:
 
 def render_preview(parts: list[PartitionStats]) -> tuple[bytes, PreviewFile]:
     """The preview file's bytes and what the card says about it."""
-    table = preview_table(parts)
-    data = parquet_bytes(table)
-    return data, PreviewFile(table.num_rows, table.nbytes, len(data))
+    import pyarrow.parquet as pq
+
+    data = parquet_bytes(preview_table(parts))
+    read = pq.read_table(io.BytesIO(data))  # the Arrow size as a reader finds it, like a shard's
+    return data, PreviewFile(read.num_rows, read.nbytes, len(data))
