@@ -106,7 +106,7 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
 
     manifest = check_output(store, cfg)  # again: another build may have finished meanwhile
     if manifest is None and cfg.overwrite:
-        for name in ("data", shards.MANIFEST, "README.md", "figures"):
+        for name in ("data", shards.MANIFEST, "README.md", "figures", shards.PREVIEW_DIR):
             store.delete(name)
     _clean_temps(store)  # the lock is ours: temp files are a dead build's
     manifest = manifest or {"format": FORMAT, "config": cfg.identity(), "shards": {}}

@@ -3,6 +3,7 @@
 Layout (the Hub dataset publishes it as is):
     DIR/ncagen.json                                   the manifest (config, generator, shards)
     DIR/data/<config>/<split>-<i:05d>-of-<n:05d>.parquet
+    DIR/preview/train-00000-of-00001.parquet          the card's preview config (not a shard)
 A shard is written through `Storage.atomic_write` (whole under its final name, or not at all)
 and its size, sha256 and modification time are recorded as it is written. On resume a shard is
 kept only when it matches its record: by size and sha256 on a local disk (a read of the file),
@@ -29,6 +30,7 @@ from .config import NCAConfig
 from .storage import Entry, Storage
 
 MANIFEST = "ncagen.json"
+PREVIEW_DIR = "preview"  # the card's preview rows: beside data/, which holds only shards
 ROW_GROUP_ROWS = 8192  # ~32 MiB of int32 tokens at seq_len 1024, well under the viewer's limits
 STATS_KEY = b"ncagen.shard"
 

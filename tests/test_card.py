@@ -1,5 +1,6 @@
 """The dataset card: Hub-valid YAML, numbers recomputed from the Parquet files, figures, CLI."""
 
+import io
 import json
 import re
 import shutil
@@ -18,6 +19,8 @@ from ncagen.config import Band
 
 CONFIGS = ("band_40_50", "band_50_100", "band_40_50_states_15", "band_50_100_states_15")
 FIGURE_LIMIT = 200_000  # bytes
+PREVIEW = "preview/train-00000-of-00001.parquet"
+PREVIEW_IMAGE_LIMIT = 20_000  # bytes per row's picture
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +68,10 @@ def test_yaml_parses_with_hub_classes(built):
     assert data.task_categories == ["text-generation"]
     assert {"synthetic", "cellular-automata", "pre-pre-training"} <= set(data.tags)
     assert data.size_categories == ["n<1K"]  # 4 configs x 180 rows
-    assert [c["config_name"] for c in data.configs] == list(CONFIGS)
+    assert [c["config_name"] for c in data.configs] == [*CONFIGS, "preview"]
     assert [c["config_name"] for c in data.configs if c.get("default")] == ["band_50_100"]
-    assert [i["config_name"] for i in data.dataset_info] == list(CONFIGS)
-    for info in data.dataset_info:
+    assert [i["config_name"] for i in data.dataset_info] == [*CONFIGS, "preview"]
+    for info in data.dataset_info[:-1]:
         assert info["features"][0] == {"name": "input_ids", "sequence": "int32"}
         assert {f["name"]: f.get("dtype") for f in info["features"][1:]} == {
             "gzip_ratio": "float32", "zstd_ratio": "float32", "states": "int32",
@@ -80,7 +83,7 @@ def test_yaml_parses_with_hub_classes(built):
 
 def test_data_files_exist_and_cover_the_build(built):
     globbed = set()
-    for config in card_of(built).data.configs:
+    for config in card_of(built).data.configs[:-1]:  # the preview's file is not under data/
         assert [d["split"] for d in config["data_files"]] == ["train", "validation"]
         for entry in config["data_files"]:
             assert entry["path"] == f"data/{config['config_name']}/{entry['split']}-*.parquet"
@@ -96,7 +99,7 @@ def test_numbers_equal_the_parquet_files(built):
     data, text = card_of(built).data, (built / "README.md").read_text()
     manifest = json.loads((built / "ncagen.json").read_text())
     total_rows = total_tokens = 0
-    for info in data.dataset_info:
+    for info in data.dataset_info[:-1]:
         config = info["config_name"]
         sec = section(text, config)
         ratios, download = [], 0
@@ -142,7 +145,7 @@ def test_parameters_and_command_from_the_manifest(built):
 def test_figures_are_linked_small_pngs(built):
     text = (built / "README.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 3 * len(CONFIGS)
+    assert len(links) == 3 * len(CONFIGS) + 1  # and every config side by side
     assert sorted(links) == sorted(p.relative_to(built).as_posix() for p in built.glob("figures/*"))
     for link in links:
         path = built / link
@@ -157,8 +160,65 @@ def test_figures_are_linked_small_pngs(built):
         assert im.size == (10 * 60 + 9 * 2, 3 * 60 + 2 * 6)
 
 
+def test_preview_config(built):
+    """The preview config: the first 24 train rows of each config with a picture, declared in
+    the YAML (not the default), published with the rest, left out of the manifest's checks."""
+    from ncagen.publish import load_build
+
+    data = card_of(built).data
+    config = next(c for c in data.configs if c["config_name"] == "preview")
+    assert config == {"config_name": "preview",
+                      "data_files": [{"split": "train", "path": "preview/train-*.parquet"}]}
+    info = data.dataset_info[-1]
+    assert info["features"] == [
+        {"name": "image", "dtype": "image"}, {"name": "band", "dtype": "string"},
+        {"name": "gzip_ratio", "dtype": "float32"}, {"name": "rule_seed", "dtype": "int64"},
+        {"name": "sim", "dtype": "int32"}, {"name": "states", "dtype": "int32"}]
+    table = pq.read_table(built / PREVIEW)
+    assert info["splits"] == [{"name": "train", "num_bytes": table.nbytes,
+                               "num_examples": 24 * len(CONFIGS)}]
+    assert info["download_size"] == (built / PREVIEW).stat().st_size
+    rows = table.to_pylist()
+    for k, config in enumerate(CONFIGS):
+        mine = rows[24 * k:24 * (k + 1)]
+        first = pq.read_table(built / f"data/{config}/train-00000-of-00002.parquet").slice(0, 24)
+        assert [r["band"] for r in mine] == [config] * 24
+        assert [r["rule_seed"] for r in mine] == first.column("rule_seed").to_pylist()
+        assert [r["sim"] for r in mine] == first.column("sim").to_pylist()
+        assert [r["gzip_ratio"] for r in mine] == first.column("gzip_ratio").to_pylist()
+        assert {r["states"] for r in mine} == {15 if config.endswith("_15") else 10}
+        for r in mine:
+            assert r["image"]["path"] is None and len(r["image"]["bytes"]) < PREVIEW_IMAGE_LIMIT
+        with Image.open(io.BytesIO(mine[0]["image"]["bytes"])) as im:
+            assert im.format == "PNG" and im.size == (10 * 60 + 9 * 2, 60)
+    assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["image"] == {
+        "_type": "Image"}
+    assert PREVIEW not in json.loads((built / "ncagen.json").read_text())["shards"]
+    assert PREVIEW in [f.path for f in load_build(str(built)).files]
+
+
+def test_which_config_section(built):
+    """The section on choosing a config: the paper's findings, the acceptance of every config
+    by alphabet and band, and one figure with every config."""
+    text = (built / "README.md").read_text()
+    manifest = json.loads((built / "ncagen.json").read_text())
+    start = text.index("### Which config should I use")
+    sec = text[start:text.index("### Direct Use", start)]
+    assert "0.3-0.4" in sec and "code" in sec and "164M tokens" in sec and "1.6x" in sec
+    assert "| alphabet | 0.4-0.5 | 0.5-1.0 |" in sec
+    for n in (10, 15):
+        suffix = "" if n == 10 else f"_states_{n}"
+        rates = [manifest["partitions"][f"{b}{suffix}"] for b in ("band_40_50", "band_50_100")]
+        cells = " | ".join(f"{r['accepted'] / r['candidates']:.1%}" for r in rates)
+        assert f"| n = {n} | {cells} |" in sec
+    assert "![the first train row of every config](figures/bands.png)" in sec
+    with Image.open(built / "figures/bands.png") as im:
+        assert im.format == "PNG" and im.size[0] == 640 and im.size[1] > 60 * len(CONFIGS)
+
+
 def test_rewriting_gives_identical_files(built):
-    before = {p: p.read_bytes() for p in [built / "README.md", *built.glob("figures/*.png")]}
+    before = {p: p.read_bytes()
+              for p in [built / "README.md", built / PREVIEW, *built.glob("figures/*.png")]}
     write_card(str(built))
     assert {p: p.read_bytes() for p in before} == before
 
@@ -258,7 +318,7 @@ def test_canonical_card_in_the_repo(repo_root):
 
 def _card_files(out):
     return {p.relative_to(out).as_posix(): p.read_bytes()
-            for p in [out / "README.md", *sorted((out / "figures").glob("*.png"))]}
+            for p in [out / "README.md", out / PREVIEW, *sorted((out / "figures").glob("*.png"))]}
 
 
 def test_quick_card_equals_full_scan(built, tmp_path):

@@ -125,3 +125,22 @@ def test_card_split_sizes_are_enforced(built, offline, tmp_path):
     (copy / "README.md").write_text(card)
     with pytest.raises(NonMatchingSplitsSizesError):
         load_dataset(str(copy), "band_30_40", cache_dir=str(tmp_path / "cache"))
+
+
+def test_preview_config(built, offline):
+    """load_dataset(DIR, "preview"): the first train rows of each config, each with its picture
+    decoded to a PIL image; the default config stays band_50_100."""
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+    from PIL import Image
+
+    ds = load_dataset(str(built), "preview", split="train", cache_dir=str(offline))
+    assert isinstance(ds.features["image"], ImageFeature)
+    assert ds.num_rows == 24 * len(CONFIGS)
+    assert ds["band"] == [c for c in CONFIGS for _ in range(24)]
+    for k, config in enumerate(CONFIGS):
+        first = parquet_rows(built, config, "train")
+        rows = ds.select(range(24 * k, 24 * (k + 1)))
+        assert rows["rule_seed"] == first["rule_seed"][:24]
+        image = rows[0]["image"]
+        assert isinstance(image, Image.Image) and image.size == (10 * 60 + 9 * 2, 60)
