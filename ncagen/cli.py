@@ -102,12 +102,14 @@ def config_from_args(args: argparse.Namespace, given: set[str] = frozenset()) ->
     if args.recipe is not None:
         from .recipe import RUN_FLAGS, load_recipe
 
+        def flags(dests) -> str:
+            return ", ".join("--" + d.replace("_", "-") for d in dests)
+
         extra = sorted(given - set(RUN_FLAGS))
         if extra:
-            flags = ", ".join("--" + d.replace("_", "-") for d in extra)
-            raise ConfigError(f"{flags}: the recipe sets what a build holds; beside --recipe give "
-                              f"only where and how it runs (--out, --executor, --address, "
-                              f"--device, --workers, --batch, --overwrite, --shared-fs)")
+            raise ConfigError(f"{flags(extra)}: the recipe sets what a build holds; beside "
+                              f"--recipe give only where and how it runs "
+                              f"({flags(f for f in RUN_FLAGS if f != 'recipe')})")
         return BuildConfig(**load_recipe(args.recipe), out=args.out, device=args.device,
                            executor=args.executor, address=args.address, workers=args.workers,
                            batch=args.batch, overwrite=args.overwrite, shared_fs=args.shared_fs)
