@@ -112,6 +112,8 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
     manifest = manifest or {"format": FORMAT, "config": cfg.identity(), "shards": {}}
     manifest.update(format=FORMAT, generator=describe(), ncagen_version=__version__,
                     command=command or manifest.get("command", ""), complete=False)
+    if cfg.release:
+        manifest["release"] = cfg.release  # the version a recipe names (not part of the config)
     progress = Progress(sum(t.rows for t in tasks), len(tasks), cfg.nca.seq_len,
                         stream=progress_stream)
     done, todo = resume(store, tasks, manifest.get("shards", {}), progress.stream)

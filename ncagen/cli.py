@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from .config import ConfigError, NCAConfig
-from .plan import DEFAULT_SHARD_ROWS, BuildConfig
+from .plan import AUTO, DEFAULT_SHARD_ROWS, BuildConfig
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
@@ -47,6 +47,9 @@ def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParse
     d = NCAConfig()
     p = Parser(prog=prog,
                description="Build an NCA trajectory dataset: sharded Parquet, manifest, card.")
+    p.add_argument("--recipe", help="build the release a recipe file names (e.g. "
+                   "dataset_cards/nca-trajectories/recipe.json); its values replace the content "
+                   "flags, which are then refused")
     p.add_argument("--band", action="append", help="complexity band LO-HI, repeatable (default 0.5-1.0)")
     p.add_argument("--states", action="append", type=int, help="alphabet size, repeatable (default 10)")
     amount = p.add_mutually_exclusive_group()
@@ -60,7 +63,9 @@ def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParse
     p.add_argument("--shared-fs", action="store_true", help="assert that a local --out is a shared "
                    "filesystem (NFS) mounted at the same path on every Ray node")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-rows", default=str(DEFAULT_SHARD_ROWS), help="rows per Parquet file")
+    p.add_argument("--shard-rows", default=str(DEFAULT_SHARD_ROWS),
+                   help=f"rows per Parquet file (default {DEFAULT_SHARD_ROWS:,}), or {AUTO}: at "
+                   f"least 32 train and 8 validation files per config, each at most ~256 MB")
     p.add_argument("--grid", type=int, default=d.grid)
     p.add_argument("--patch", type=int, default=d.patch)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
@@ -80,10 +85,34 @@ def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParse
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BuildConfig:
-    """Flags -> a validated BuildConfig (raises ConfigError)."""
+def given_flags(argv: list[str]) -> set[str]:
+    """The destinations of the flags actually written in argv (not their defaults)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(p.parse_args(argv)))
+
+
+def config_from_args(args: argparse.Namespace, given: set[str] = frozenset()) -> BuildConfig:
+    """Flags -> a validated BuildConfig (raises ConfigError). `given`: the flags written on
+    the command line, which with --recipe must only say where and how to run."""
     from .config import Band
 
+    if args.recipe is not None:
+        from .recipe import RUN_FLAGS, load_recipe
+
+        def flags(dests) -> str:
+            return ", ".join("--" + d.replace("_", "-") for d in dests)
+
+        extra = sorted(given - set(RUN_FLAGS))
+        if extra:
+            raise ConfigError(f"{flags(extra)}: the recipe sets what a build holds; beside "
+                              f"--recipe give only where and how it runs "
+                              f"({flags(f for f in RUN_FLAGS if f != 'recipe')})")
+        return BuildConfig(**load_recipe(args.recipe), out=args.out, device=args.device,
+                           executor=args.executor, address=args.address, workers=args.workers,
+                           batch=args.batch, overwrite=args.overwrite, shared_fs=args.shared_fs)
     bands = tuple(Band.parse(b) for b in (args.band or ["0.5-1.0"]))
     states = tuple(args.states or [10])
     if len(set(bands)) != len(bands) or len(set(states)) != len(states):
@@ -98,10 +127,15 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         rows=parse_amount(args.rows) if args.rows is not None else None,
         tokens=parse_amount(args.tokens) if args.tokens is not None else None,
         val_rows=parse_amount(args.val_rows, minimum=0) if args.val_rows is not None else None,
-        val_fraction=args.val_fraction, shard_rows=parse_amount(args.shard_rows), seed=args.seed,
+        val_fraction=args.val_fraction, shard_rows=shard_rows_arg(args.shard_rows), seed=args.seed,
         nca=nca, device=args.device, executor=args.executor, address=args.address,
         workers=args.workers, batch=args.batch, overwrite=args.overwrite,
         shared_fs=args.shared_fs)
+
+
+def shard_rows_arg(text: str) -> int | str:
+    """--shard-rows: an amount, or auto."""
+    return AUTO if text.strip().lower() == AUTO else parse_amount(text)
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -128,7 +162,7 @@ def build_main(argv: list[str], prog: str = "python -m ncagen.build") -> int:
     args = build_parser(prog).parse_args(argv)
     refused = (ConfigError, ValueError, BandUnreachable, DeviceError, LockedError, MissingExtra)
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, given_flags(argv))
         command = " ".join([prog, *(shlex.quote(a) for a in argv)])
         manifest = build(cfg, command)
     except KeyboardInterrupt:

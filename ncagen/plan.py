@@ -15,6 +15,25 @@ from .config import Band, ConfigError, NCAConfig
 
 SPLITS = ("train", "validation")
 DEFAULT_SHARD_ROWS = 100_000  # ~400 MB of int32 tokens before compression
+AUTO = "auto"  # --shard-rows auto: rows per file from the split's size (auto_shard_rows)
+# A split cut by `auto` has at least this many files, a multiple of it: every consumer of a
+# 32-way streaming job (ranks x DataLoader workers) gets data, and split_dataset_by_node deals
+# whole files; validation is read by fewer consumers (an 8-way evaluation).
+MIN_FILES = {"train": 32, "validation": 8}
+TARGET_FILE_BYTES = 256 * 10**6  # the largest file `auto` makes: the Hub handles 50-500 MB well
+BYTES_PER_TOKEN = 1.73  # of a shard, measured: 1.77 KB a row at seq_len 1024 (int32, zstd)
+
+
+def auto_shard_rows(total_rows: int, seq_len: int, min_files: int) -> int:
+    """Rows per file of a split of `total_rows`: the fewest files, a multiple of `min_files`,
+    that keep every file under TARGET_FILE_BYTES; rows are cut down (floor) so that there are
+    at least that many files (a remainder of fewer than `min_files` rows makes one more)."""
+    assert min_files >= 1 and seq_len >= 1
+    if total_rows < 1:
+        return 1
+    estimate = total_rows * seq_len * BYTES_PER_TOKEN
+    files = min_files * max(1, math.ceil(estimate / (TARGET_FILE_BYTES * min_files)))
+    return max(1, total_rows // files)
 
 
 @dataclass(frozen=True)
@@ -28,7 +47,7 @@ class BuildConfig:
     tokens: int | None = None  # or train tokens per partition
     val_rows: int | None = None
     val_fraction: float = 0.0
-    shard_rows: int = DEFAULT_SHARD_ROWS
+    shard_rows: int | str = DEFAULT_SHARD_ROWS  # or AUTO
     seed: int = 0
     nca: NCAConfig = field(default_factory=NCAConfig)
     device: str = "auto"
@@ -38,6 +57,8 @@ class BuildConfig:
     batch: int | None = None  # candidates per rollout batch; None: by device
     overwrite: bool = False
     shared_fs: bool = False  # the user asserts a local-looking --out is shared by every node
+    pairs: tuple = ()  # (states, Band) partitions, when not every band at every alphabet
+    release: str | None = None  # the release version a recipe names (recorded, not content)
 
     def __post_init__(self) -> None:
         if (self.rows is None) == (self.tokens is None):
@@ -52,8 +73,13 @@ class BuildConfig:
             raise ConfigError(f"val-rows must be >= 0, got {self.val_rows}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.shard_rows < 1:
-            raise ConfigError(f"shard-rows must be >= 1, got {self.shard_rows}")
+        if self.shard_rows != AUTO and not (isinstance(self.shard_rows, int) and self.shard_rows >= 1):
+            raise ConfigError(f"shard-rows must be an integer >= 1 or {AUTO}, got {self.shard_rows!r}")
+        if len(set(self.pairs)) != len(self.pairs):
+            raise ConfigError("a (states, band) partition is repeated")
+        for n, band in self.pairs:
+            if n not in self.states or band not in self.bands:
+                raise ConfigError(f"partition {n}:{band} is not among the states and bands")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.executor not in ("ray", "local"):
@@ -78,17 +104,41 @@ class BuildConfig:
             return self.val_rows
         return round(self.train_rows * self.val_fraction)
 
+    @property
+    def partitions(self) -> tuple:
+        """The (states, Band) pairs of the build, in plan order: `pairs`, else every band at
+        every alphabet."""
+        return self.pairs or tuple((n, b) for n in self.states for b in self.bands)
+
+    def split_shard_rows(self, split: str) -> int:
+        """Rows per file of a split (the last file may be shorter)."""
+        if self.shard_rows != AUTO:
+            return self.shard_rows
+        total = self.train_rows if split == "train" else self.validation_rows
+        return auto_shard_rows(total, self.nca.seq_len, MIN_FILES[split])
+
     def identity(self) -> dict:
         """What decides the dataset's content (not where or how it runs)."""
-        return {
+        ident = {
             "nca": {k: v for k, v in self.nca.to_dict().items() if k != "states"},
             "bands": [str(b) for b in self.bands],
             "states": list(self.states),
             "train_rows": self.train_rows,
             "validation_rows": self.validation_rows,
-            "shard_rows": self.shard_rows,
+            "shard_rows": (self.shard_rows if self.shard_rows != AUTO
+                           else {s: self.split_shard_rows(s) for s in SPLITS}),
             "seed": self.seed,
         }
+        if set(self.partitions) != {(n, b) for n in self.states for b in self.bands}:
+            ident["partitions"] = [f"{n}:{b}" for n, b in self.partitions]
+        return ident
+
+
+def recorded_partitions(identity: dict) -> list[tuple[int, Band]]:
+    """The (states, Band) partitions of a build, from its manifest's config (`identity()`)."""
+    if "partitions" in identity:
+        return [(int(n), Band.parse(b)) for n, b in (p.split(":", 1) for p in identity["partitions"])]
+    return [(n, Band.parse(b)) for n in identity["states"] for b in identity["bands"]]
 
 
 @dataclass(frozen=True)
@@ -122,15 +172,15 @@ def shard_key(seed: int, states: int, band: Band, split: str, index: int) -> int
 def plan(cfg: BuildConfig) -> list[ShardTask]:
     """Every shard of the build, in a fixed order."""
     tasks = []
-    for n in cfg.states:
+    for n, band in cfg.partitions:
         nca = dataclasses.replace(cfg.nca, states=n)
-        for band in cfg.bands:
-            for split, total in zip(SPLITS, (cfg.train_rows, cfg.validation_rows)):
-                count = math.ceil(total / cfg.shard_rows)
-                for i in range(count):
-                    tasks.append(ShardTask(nca, band, band.name(n), split, i, count,
-                                           min(cfg.shard_rows, total - i * cfg.shard_rows),
-                                           shard_key(cfg.seed, n, band, split, i)))
+        for split, total in zip(SPLITS, (cfg.train_rows, cfg.validation_rows)):
+            size = cfg.split_shard_rows(split)
+            count = math.ceil(total / size)
+            for i in range(count):
+                tasks.append(ShardTask(nca, band, band.name(n), split, i, count,
+                                       min(size, total - i * size),
+                                       shard_key(cfg.seed, n, band, split, i)))
     return tasks
 
 

@@ -44,7 +44,7 @@ import os
 import sys
 from typing import Iterator
 
-from .plan import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, shard_key
+from .plan import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, recorded_partitions, shard_key
 from .config import Band, ConfigError, NCAConfig
 from .generate import DEFAULT_BATCH, generate
 
@@ -210,21 +210,23 @@ def manifest_file_rows(path: str, config_name: str, split: str,
 
 
 def read_build(path: str, config_name: str) -> dict:
-    """A built partition's generation parameters from its manifest: cfg, band, seed, shard_rows, rows."""
+    """A built partition's generation parameters from its manifest: cfg, band, seed, rows,
+    shard_rows (as recorded) and split_shard_rows (rows per file of each split)."""
     from .shards import read_manifest
 
     manifest = read_manifest(path)
     if manifest is None:
         raise ConfigError(f"{path} holds no ncagen build (no manifest)")
     ident = manifest["config"]
-    for n in ident["states"]:
-        for text in ident["bands"]:
-            band = Band.parse(text)
-            if band.name(n) == config_name:
-                cfg = NCAConfig(**{**ident["nca"], "states": n})
-                return {"cfg": cfg, "band": band, "seed": ident["seed"],
-                        "shard_rows": ident["shard_rows"],
-                        "rows": {"train": ident["train_rows"], "validation": ident["validation_rows"]}}
-    names = [Band.parse(b).name(n) for n in ident["states"] for b in ident["bands"]]
+    pairs = recorded_partitions(ident)
+    sizes = ident["shard_rows"]  # an integer, or per split (--shard-rows auto)
+    split_rows = sizes if isinstance(sizes, dict) else {"train": sizes, "validation": sizes}
+    for n, band in pairs:
+        if band.name(n) == config_name:
+            cfg = NCAConfig(**{**ident["nca"], "states": n})
+            return {"cfg": cfg, "band": band, "seed": ident["seed"], "shard_rows": sizes,
+                    "split_shard_rows": split_rows,
+                    "rows": {"train": ident["train_rows"], "validation": ident["validation_rows"]}}
+    names = [band.name(n) for n, band in pairs]
     raise ConfigError(f"config {config_name!r} is not in the build at {path}; it has {', '.join(names)}")
 

@@ -54,7 +54,7 @@ class NCAStream(torch.utils.data.IterableDataset):
             if not spec["rows"][split]:
                 raise ConfigError(f"the build at {path} has no {split} rows")
             kwargs["rows"] = spec["rows"][split]
-        kwargs.setdefault("shard_rows", spec["shard_rows"])
+        kwargs.setdefault("shard_rows", spec["split_shard_rows"][split])
         return cls(spec["cfg"], spec["band"], spec["seed"], split=split, **kwargs)
 
     def tasks(self) -> Iterator[ShardTask]:

@@ -1,0 +1,159 @@
+"""Release recipes (`ncagen build --recipe`) and `--shard-rows auto`."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ncagen.cli import build_main
+from ncagen.config import Band, ConfigError
+from ncagen.plan import (AUTO, BYTES_PER_TOKEN, MIN_FILES, TARGET_FILE_BYTES, BuildConfig,
+                         auto_shard_rows, plan)
+from ncagen.recipe import load_recipe, recipe_config
+
+TINY = {
+    "version": "0.0-test",
+    "seed": 5,
+    "rows": 320,
+    "val_rows": 16,
+    "shard_rows": "auto",
+    "nca": {"seq_len": 380},
+    "alphabets": [{"states": 10, "bands": ["0.5-1.0"]}, {"states": 15, "bands": ["0.4-0.5"]}],
+}
+
+
+def _files(total: int, size: int) -> int:
+    return -(-total // size)
+
+
+@pytest.mark.parametrize("total, seq_len, split, want", [
+    (160_000, 1024, "train", 5_000),  # the release: 32 files of ~9 MB (164M tokens cannot fill 32 x 50 MB)
+    (4_096, 1024, "validation", 512),
+    (100, 1024, "train", 3),  # floor: 34 files, the last of 1 row, so every consumer gets data
+    (10, 1024, "train", 1),  # fewer rows than files: one row a file
+    (0, 1024, "validation", 1),
+])
+def test_auto_shard_rows(total, seq_len, split, want):
+    assert auto_shard_rows(total, seq_len, MIN_FILES[split]) == want
+
+
+@pytest.mark.parametrize("total", [1_000_000, 5_000_000, 40_000_000])
+def test_auto_shard_rows_large_splits_stay_under_the_target(total):
+    size = auto_shard_rows(total, 1024, 32)
+    assert _files(total, size) >= 32
+    assert size * 1024 * BYTES_PER_TOKEN <= TARGET_FILE_BYTES
+    # the fewest multiple of 32 files that keeps under the target: one step fewer overflows
+    fewer = (total // size) // 32 * 32 - 32
+    assert fewer < 32 or total / fewer * 1024 * BYTES_PER_TOKEN > TARGET_FILE_BYTES
+
+
+def test_plan_with_auto_and_pairs():
+    cfg = BuildConfig(out="/tmp/unused", executor="local", **recipe_config(TINY))
+    tasks = plan(cfg)
+    names = {t.config_name for t in tasks}
+    assert names == {"band_50_100", "band_40_50_states_15"}  # not the 2 x 2 product
+    train = [t for t in tasks if t.config_name == "band_50_100" and t.split == "train"]
+    val = [t for t in tasks if t.config_name == "band_50_100" and t.split == "validation"]
+    assert len(train) == 32 and sum(t.rows for t in train) == 320
+    assert len(val) == 8 and sum(t.rows for t in val) == 16
+    assert cfg.identity()["partitions"] == ["10:0.5-1", "15:0.4-0.5"]
+    assert cfg.identity()["shard_rows"] == {"train": 10, "validation": 2}
+
+
+def test_flag_builds_keep_their_identity():
+    """Existing commands plan and record exactly what they did before recipes."""
+    cfg = BuildConfig(out="/tmp/unused", bands=(Band(0.5, 1.0), Band(0.3, 0.4)), states=(10, 15),
+                      rows=300, shard_rows=200)
+    ident = cfg.identity()
+    assert "partitions" not in ident and ident["shard_rows"] == 200
+    assert [(t.config_name, t.split, t.rows) for t in plan(cfg)][:3] == [
+        ("band_50_100", "train", 200), ("band_50_100", "train", 100), ("band_30_40", "train", 200)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"shard_size": 5}, "unknown key 'shard_size'"),
+    ({"nca": {"seqlen": 380}}, "unknown key 'seqlen' in 'nca'"),
+    ({"rows": "lots"}, "is not a number"),
+    ({"rows": None}, "'rows' must be an integer"),
+    ({"tokens": "1M"}, "exactly one of 'rows' or 'tokens'"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"seed": True}, "'seed' must be an integer"),
+    ({"shard_rows": 0}, "must be a whole number >= 1"),
+    ({"version": ""}, "'version' must be a non-empty string"),
+    ({"alphabets": []}, "'alphabets' must be a non-empty list"),
+    ({"alphabets": [{"states": 10, "bands": ["0.5-1.0"]}] * 2}, "states 10 is listed twice"),
+    ({"alphabets": [{"states": 10, "bands": ["0.5-1.0", "0.5-1"]}]}, "a band is repeated"),
+    ({"alphabets": [{"states": 10, "bands": ["high"]}]}, "is not of the form LO-HI"),
+    ({"alphabets": [{"states": 1, "bands": ["0.5-1.0"]}]}, "states must be an integer >= 2"),
+    ({"nca": {"seq_len": 100}}, "cannot hold the first 10 grids"),
+])
+def test_bad_recipes_are_refused(change, message):
+    with pytest.raises(ConfigError, match=message):
+        BuildConfig(out="/tmp/unused", executor="local", **recipe_config({**TINY, **change}))
+
+
+def test_the_release_recipe():
+    """The repository's recipe names the published dataset."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "dataset_cards" / "nca-trajectories" / "recipe.json"
+    cfg = BuildConfig(out="/tmp/unused", **load_recipe(str(path)))
+    names = {t.config_name for t in plan(cfg)}
+    assert len(names) == 11 and "band_50_100_states_5" not in names
+    assert cfg.train_rows * cfg.nca.seq_len == 163_840_000 and cfg.shard_rows == AUTO
+    assert cfg.split_shard_rows("train") == 5_000 and cfg.split_shard_rows("validation") == 512
+
+
+def _recipe(tmp_path, raw=TINY):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "ncagen", "build", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_recipe_cli_refusals(tmp_path):
+    recipe = _recipe(tmp_path)
+    out = tmp_path / "out"
+    res = _run("--recipe", recipe, "--out", str(out), "--rows", "10", "--seed", "1")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--rows, --seed: the recipe sets what a build holds" in res.stderr
+    bad = _recipe(tmp_path, {**TINY, "colour": "blue"})
+    res = _run("--recipe", bad, "--out", str(out), "--executor", "local")
+    assert res.returncode == 2 and "unknown key 'colour'" in res.stderr, res.stderr
+    res = _run("--recipe", str(tmp_path / "none.json"), "--out", str(out))
+    assert res.returncode == 2 and "cannot read it" in res.stderr
+    assert not out.exists()
+
+
+def _digests(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.glob("data/*/*.parquet"))}
+
+
+def test_recipe_builds_the_same_files_twice(tmp_path, capsys):
+    from ncagen.stream import NCAStream, read_build
+
+    recipe = _recipe(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert build_main(["--recipe", recipe, "--out", str(a), "--executor", "local"]) == 0
+    assert build_main(["--recipe", recipe, "--out", str(b), "--executor", "local",
+                       "--workers", "1", "--batch", "256"]) == 0
+    da, db = _digests(a), _digests(b)
+    assert len(da) == 2 * (32 + 8) and da == db
+    manifest = json.loads((a / "ncagen.json").read_text())
+    assert manifest["release"] == "0.0-test" and manifest["complete"]
+    assert sorted(manifest["partitions"]) == ["band_40_50_states_15", "band_50_100"]
+    assert sum(s["rows"] for s in manifest["partitions"]["band_40_50_states_15"]["splits"].values()) == 336
+    # rerunning the recipe resumes (nothing to do); the stream replays a partition's rows
+    assert build_main(["--recipe", recipe, "--out", str(a), "--executor", "local"]) == 0
+    assert _digests(a) == da
+    spec = read_build(str(a), "band_40_50_states_15")
+    assert spec["cfg"].states == 15 and spec["split_shard_rows"] == {"train": 10, "validation": 2}
+    stream = NCAStream.from_build(str(a), "band_40_50_states_15", split="validation")
+    assert [t.rows for t in stream.tasks()] == [2] * 8
