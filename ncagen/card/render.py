@@ -49,6 +49,8 @@ PARAMETERS = {  # manifest key -> what it means, in the order the card lists the
     "train_rows": "train rows per config",
     "validation_rows": "validation rows per config",
     "shard_rows": "rows per Parquet file",
+    "partitions": "the configs built, when not every band at every alphabet (a release recipe)",
+    "release": "release version the recipe names",
     "seed": "build seed (every rule seed derives from it)",
 }
 
@@ -201,6 +203,11 @@ def parameters_table(manifest: dict) -> str:
             value = cfg[key]
             if key == "bands":
                 value = [band_text(Band.parse(b)) for b in value]
+            elif key == "partitions":  # a recipe's (alphabet, band) pairs
+                value = [f"n={n} {band_text(Band.parse(b))}" for n, b in
+                         (p.split(":", 1) for p in value)]
+            elif isinstance(value, dict):  # per split, e.g. shard_rows of --shard-rows auto
+                value = ", ".join(f"{k} {_value_text(v)}" for k, v in value.items())
             rows.append([f"`{key}`", _value_text(value), PARAMETERS.get(key, "")])
     rows.append(["`ncagen_version`", manifest.get("ncagen_version", "unknown"),
                  "generator version"])
