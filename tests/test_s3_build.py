@@ -95,8 +95,9 @@ def test_ray_build_on_s3_killed_and_resumed_equals_a_local_build(s3, env, tmp_pa
     assert second.returncode == 0, second.stderr
     assert "[ncagen] 8/8 shards  1,600/1,600 rows" in second.stderr
     files = s3_files(s3, url)
-    shards = sorted(p for p in files if p.endswith(".parquet"))
+    shards = sorted(p for p in files if p.startswith("data/") and p.endswith(".parquet"))
     assert len(shards) == 8 and "README.md" in files and "figures/band_50_100_zipf.png" in files
+    assert "preview/train-00000-of-00001.parquet" in files  # the card's preview config
     assert ".ncagen.lock" not in files  # released
     manifest = json.loads(s3_bytes(s3, f"{url}/ncagen.json"))
     assert manifest["complete"] is True
@@ -176,7 +177,7 @@ def test_publish_a_build_on_s3(s3, hub, token, monkeypatch):
                  "--out", url]) == 0
     report = publish(url, "org/nca", token=token, endpoint=hub.url)
     files = hub.files("org/nca")
-    shards = {p for p in s3_files(s3, url) if p.endswith(".parquet")}
+    shards = {p for p in s3_files(s3, url) if p.endswith(".parquet")}  # the preview too
     assert shards and shards <= set(files) and "README.md" in files
     assert report.commit is not None
     for rel in shards:
