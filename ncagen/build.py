@@ -114,6 +114,7 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
                     command=command or manifest.get("command", ""), complete=False)
     if cfg.release:
         manifest["release"] = cfg.release  # the version a recipe names (not part of the config)
+    manifest["machine"] = machine()  # where the driver ran: for the card's rebuild times
     progress = Progress(sum(t.rows for t in tasks), len(tasks), cfg.nca.seq_len,
                         stream=progress_stream)
     done, todo = resume(store, tasks, manifest.get("shards", {}), progress.stream)
@@ -151,6 +152,20 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
         finally:
             closing.join()
     return manifest
+
+
+def machine() -> dict:
+    """The driver's machine, as the card reports it: cores and CPU model."""
+    import os
+    import platform
+
+    model = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu": model}
 
 
 def resume(store, tasks: list[ShardTask], records: dict, log) -> tuple[dict, list[ShardTask]]:

@@ -150,6 +150,10 @@ def test_recipe_builds_the_same_files_twice(tmp_path, capsys):
     assert manifest["release"] == "0.0-test" and manifest["complete"]
     assert sorted(manifest["partitions"]) == ["band_40_50_states_15", "band_50_100"]
     assert sum(s["rows"] for s in manifest["partitions"]["band_40_50_states_15"]["splits"].values()) == 336
+    card = (a / "README.md").read_text()  # the card names the release, its changes, the recipe
+    release = card[card.index("### Release"):card.index("### Load a pinned version")]
+    assert "release **0.0-test**" in release and "**1.0**" in release and "Rebuilding it" in release
+    assert f"--recipe {recipe}" in card and "`partitions` | n=10 0.5-1.0, n=15 0.4-0.5" in card
     # rerunning the recipe resumes (nothing to do); the stream replays a partition's rows
     assert build_main(["--recipe", recipe, "--out", str(a), "--executor", "local"]) == 0
     assert _digests(a) == da

@@ -301,7 +301,38 @@ def render_card(manifest: dict, parts: list[PartitionStats], *, repo_id: str = D
         splits_sentence=splits_sentence(parts), preview=preview_text(parts, preview, repo_id),
         acceptance_table=acceptance_table(parts),
         bands_figure=bands_markdown(parts) if figures else "",
-        command=manifest.get("command") or "(not recorded)")
+        command=manifest.get("command") or "(not recorded)",
+        release=release_text(manifest, parts))
+
+
+def release_text(manifest: dict, parts: list[PartitionStats]) -> str:
+    """The card's release section: version, changelog, how long a rebuild takes."""
+    release = manifest.get("release")
+    lines = [f"This is release **{release}** of the dataset, built from the recipe command below."
+             if release else "This build names no release version (it was not built from a "
+             "release recipe)."]
+    if release:
+        changes = (TEMPLATES / "changelog.md").read_text(encoding="utf-8").rstrip()
+        lines += ["", "Changes:", "", changes]
+    wall = manifest.get("build_seconds")
+    work = sum(float(s.get("seconds", 0.0)) for s in manifest.get("shards", {}).values())
+    if wall:
+        machine = manifest.get("machine") or {}
+        where = (f" on {machine['cpus']} cores ({machine.get('cpu', 'unknown CPU')})"
+                 if machine.get("cpus") else "")
+        lines += ["", f"Rebuilding it: the shards took {_duration(wall)}{where}, "
+                  f"{_duration(work)} of worker time in all "
+                  f"({sum(p.tokens for p in parts) / max(wall, 1e-9) / 1e6:.2f}M tokens/s). "
+                  f"The {len(manifest.get('shards', {}))} shards are independent, so on a Ray "
+                  f"cluster the shard phase takes about that worker time divided by the cluster's "
+                  f"cores (an estimate from this build, not a measurement)."]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min" if h else (f"{m} min {s} s" if m else f"{s} s")
 
 
 def splits_sentence(parts: list[PartitionStats]) -> str:
