@@ -137,8 +137,11 @@ def _alphabets(alphabets) -> tuple:
                               f"unless there are mixes)")
         if not isinstance(mixes, list) or not all(isinstance(m, str) for m in mixes):
             raise ConfigError(f"{where}.mixes must be a list of 'LO-HI:W,LO-HI:W' strings")
-        parsed = [Band.parse(b) for b in bands] + [Mix.parse(m) for m in mixes]
+        parsed = [Band.parse(b) for b in bands]
         if len(set(parsed)) != len(parsed):
-            raise ConfigError(f"{where}: a band {'is' if len(set(bands)) < len(bands) else 'or mixture is'} repeated")
+            raise ConfigError(f"{where}: a band is repeated")
+        parsed += [Mix.parse(m) for m in mixes]
+        if len(set(parsed)) != len(parsed):
+            raise ConfigError(f"{where}: a mixture is repeated")
         pairs.extend((n, b) for b in parsed)
     return tuple(pairs)
