@@ -19,7 +19,7 @@ from ..config import Band, Mix, NCAConfig, config_name
 SPLITS = ("train", "validation")
 SAMPLE_ROWS = 3  # trajectories shown in a config's sample strip
 HEAD_ROWS = 24  # first train rows kept: the sample strip's and the preview config's
-HEAD_COLUMNS = ("input_ids", "gzip_ratio", "rule_seed", "sim")  # what is kept of them
+HEAD_COLUMNS = ("input_ids", "gzip_ratio", "band", "rule_seed", "sim")  # what is kept of them
 SCAN_BATCH = 8192  # rows read at a time (the shards' row-group size); num_bytes is summed per
 #                    batch (list offsets included), so another size would change the card's YAML
 COUNT_CHUNK = 1 << 18  # token ids counted at a time
