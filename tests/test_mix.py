@@ -151,6 +151,8 @@ def test_mixture_rows_split_into_their_bands_in_the_stated_proportions(mixed):
     assert manifest["config"]["mixes"] == ["0.3-0.4:1,0.5-1:3"]
     card = (out / "README.md").read_text()
     assert f"### `{MIX_NAME}`" in card and "`band_30_40` | 0.3-0.4 | 1 |" in card
+    preview = pq.read_table(next((out / "preview").glob("*.parquet")), columns=["band"])
+    assert set(preview.column("band").to_pylist()) == {"band_30_40", "band_50_100"}
 
 
 def test_mixture_rows_regenerate_from_their_seeds(mixed):
