@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import __version__
-from .config import ConfigError
+from .config import ConfigError, Mix
 from .plan import BuildConfig, ShardTask, partitions, plan
 from .progress import Progress, tok_rate
 
@@ -69,12 +69,14 @@ def missing_partitions(store, tasks: list[ShardTask]) -> set[str]:
 def probe_bands(tasks: list[ShardTask], names: set[str]) -> None:
     """Raise BandUnreachable now, before any write, for a partition whose band no rule reaches.
     Makes the first row of each partition's first shard (the CPU engine, a fraction of a
-    second), which is also that shard's first row: nothing is wasted but the time."""
+    second), which is also that shard's first row: nothing is wasted but the time. A mixture's
+    every component band is probed."""
     from .generate import generate
 
     for name, task in partitions(tasks).items():
-        if name in names:
-            next(iter(generate(task.nca, task.band, task.key, 1)))
+        if name in names:  # every band of a mixture, whatever rows its first shard takes of it
+            for band, key, _ in task.components():
+                next(iter(generate(task.nca, band, key, 1)))
 
 
 # the build ------------------------------------------------------------------------------------
@@ -202,13 +204,20 @@ def _clean_temps(store) -> None:
 
 
 def partition_summary(tasks: list[ShardTask], done: dict) -> dict:
-    """Per partition: band, alphabet, rows and tokens per split, acceptance, seconds."""
+    """Per partition: band (a mixture's: its text, the span of its bands, and its components),
+    alphabet, rows and tokens per split, acceptance, seconds."""
     parts: dict = {}
     for t in tasks:
         s = done[t.path]
         p = parts.setdefault(t.config_name, {
             "band": str(t.band), "lo": t.band.lo, "hi": t.band.hi, "states": t.nca.states,
             "splits": {}, "candidates": 0, "accepted": 0, "seconds": 0.0})
+        if isinstance(t.band, Mix):  # the components, by the name their rows carry
+            mix = p.setdefault("mix", [{"band": str(b), "config": name, "weight": w, "rows": 0}
+                                       for b, w, name in zip(t.band.bands, t.band.weights,
+                                                             t.band_names())])
+            for component, (_, _, rows) in zip(mix, t.components()):
+                component["rows"] += rows
         sp = p["splits"].setdefault(t.split, {"rows": 0, "tokens": 0, "shards": 0})
         sp["rows"] += s["rows"]
         sp["tokens"] += s["tokens"]

@@ -13,7 +13,7 @@ import math
 import shlex
 import sys
 
-from .config import ConfigError, NCAConfig
+from .config import MAX_CONV_CHANNELS, MAX_HIDDEN, ConfigError, NCAConfig
 from .plan import AUTO, DEFAULT_SHARD_ROWS, BuildConfig
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -51,6 +51,8 @@ def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParse
                    "dataset_cards/nca-trajectories/recipe.json); its values replace the content "
                    "flags, which are then refused")
     p.add_argument("--band", action="append", help="complexity band LO-HI, repeatable (default 0.5-1.0)")
+    p.add_argument("--mix", action="append", help="a mixture partition LO-HI:WEIGHT,LO-HI:WEIGHT,... "
+                   "(e.g. 0.3-0.4:1,0.5-1.0:1), repeatable; its rows keep their own band's name")
     p.add_argument("--states", action="append", type=int, help="alphabet size, repeatable (default 10)")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--rows", help="train rows per partition (K/M/B suffixes allowed)")
@@ -74,6 +76,11 @@ def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParse
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--identity-bias", type=float, default=d.identity_bias)
     p.add_argument("--sims-per-rule", type=int, default=d.sims_per_rule)
+    p.add_argument("--conv-channels", type=int, default=d.conv_channels,
+                   help=f"output channels of the rule's 3x3 conv (default {d.conv_channels}, "
+                   f"at most {MAX_CONV_CHANNELS})")
+    p.add_argument("--hidden", type=int, default=d.hidden, help=f"width of the rule's hidden "
+                   f"1x1 layer (default {d.hidden}, at most {MAX_HIDDEN})")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (rollouts; gzip is always on CPU)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray: Ray workers (an embedded local Ray unless --address); local: this process")
@@ -97,7 +104,7 @@ def given_flags(argv: list[str]) -> set[str]:
 def config_from_args(args: argparse.Namespace, given: set[str] = frozenset()) -> BuildConfig:
     """Flags -> a validated BuildConfig (raises ConfigError). `given`: the flags written on
     the command line, which with --recipe must only say where and how to run."""
-    from .config import Band
+    from .config import Band, Mix
 
     if args.recipe is not None:
         from .recipe import RUN_FLAGS, load_recipe
@@ -113,7 +120,8 @@ def config_from_args(args: argparse.Namespace, given: set[str] = frozenset()) ->
         return BuildConfig(**load_recipe(args.recipe), out=args.out, device=args.device,
                            executor=args.executor, address=args.address, workers=args.workers,
                            batch=args.batch, overwrite=args.overwrite, shared_fs=args.shared_fs)
-    bands = tuple(Band.parse(b) for b in (args.band or ["0.5-1.0"]))
+    mixes = tuple(Mix.parse(m) for m in (args.mix or []))
+    bands = tuple(Band.parse(b) for b in (args.band or ([] if mixes else ["0.5-1.0"])))
     states = tuple(args.states or [10])
     if len(set(bands)) != len(bands) or len(set(states)) != len(states):
         raise ConfigError("a --band or --states value is repeated")
@@ -121,9 +129,10 @@ def config_from_args(args: argparse.Namespace, given: set[str] = frozenset()) ->
         raise ConfigError("give the amount per partition with --rows or --tokens")
     nca = NCAConfig(states=states[0], grid=args.grid, patch=args.patch, seq_len=args.seq_len,
                     burn_in=args.burn_in, dt=args.dt, temperature=args.temperature,
-                    identity_bias=args.identity_bias, sims_per_rule=args.sims_per_rule)
+                    identity_bias=args.identity_bias, sims_per_rule=args.sims_per_rule,
+                    conv_channels=args.conv_channels, hidden=args.hidden)
     return BuildConfig(
-        out=args.out, bands=bands, states=states,
+        out=args.out, bands=bands, states=states, mixes=mixes,
         rows=parse_amount(args.rows) if args.rows is not None else None,
         tokens=parse_amount(args.tokens) if args.tokens is not None else None,
         val_rows=parse_amount(args.val_rows, minimum=0) if args.val_rows is not None else None,

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 INT32_MAX = 2**31 - 1
 DEFAULT_STATES = 10
+DEFAULT_CONV_CHANNELS = 4
+DEFAULT_HIDDEN = 16
+# widths beyond these only slow the generated CPU kernel (its hidden loop is written out)
+MAX_CONV_CHANNELS = 64
+MAX_HIDDEN = 256
 
 
 class ConfigError(ValueError):
@@ -33,8 +38,8 @@ class NCAConfig:
     temperature: float = 1e-4  # tau of the update's softmax; > 0
     identity_bias: float = 0.0  # b, added to the logit of the current state
     sims_per_rule: int = 1  # trajectories drawn from each sampled rule
-    conv_channels: int = 4  # outputs of the 3x3 conv
-    hidden: int = 16  # width of the 1x1 hidden layer
+    conv_channels: int = DEFAULT_CONV_CHANNELS  # outputs of the 3x3 conv
+    hidden: int = DEFAULT_HIDDEN  # width of the 1x1 hidden layer
     ratio_grids: int = 10  # the gzip ratio is taken over this many first recorded grids
     gzip_level: int = 9
     zstd_level: int = 3  # zstd's own default; level 19 costs ~10x more CPU for <2% smaller sizes
@@ -49,6 +54,10 @@ class NCAConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, "
                                   f"got {getattr(self, name)!r}")
+        for name, top in (("conv_channels", MAX_CONV_CHANNELS), ("hidden", MAX_HIDDEN)):
+            if getattr(self, name) > top:
+                raise ConfigError(f"{name.replace('_', '-')} must be <= {top}, "
+                                  f"got {getattr(self, name)}")
         if not isinstance(self.states, int) or self.states < 2:
             raise ConfigError(f"states must be an integer >= 2, got {self.states!r}")
         if self.states > 255:
@@ -147,10 +156,11 @@ class Band:
         """Whether one ratio lies inside the band (see `mask`)."""
         return bool(self.mask(ratio))
 
-    def name(self, states: int = DEFAULT_STATES) -> str:
-        """The config name of this band at an alphabet size: band_30_40, band_50_100_states_15."""
-        base = f"band_{_pct(self.lo)}_{_pct(self.hi)}"
-        return base if states == DEFAULT_STATES else f"{base}_states_{states}"
+    def name(self, states: int = DEFAULT_STATES, conv_channels: int = DEFAULT_CONV_CHANNELS,
+             hidden: int = DEFAULT_HIDDEN) -> str:
+        """The config name of this band at an alphabet size and network width: band_30_40,
+        band_50_100_states_15, band_50_100_c8_h32."""
+        return f"band_{_pct(self.lo)}_{_pct(self.hi)}" + suffix(states, conv_channels, hidden)
 
     def __str__(self) -> str:
         return f"{self.lo:g}-{self.hi:g}"
@@ -158,6 +168,88 @@ class Band:
 
 def _pct(x: float) -> str:
     return f"{round(100 * x, 6):g}"
+
+
+def suffix(states: int, conv_channels: int, hidden: int) -> str:
+    """What a config name adds for a non-default alphabet or network: _states_15, _c8_h32."""
+    out = "" if states == DEFAULT_STATES else f"_states_{states}"
+    if (conv_channels, hidden) != (DEFAULT_CONV_CHANNELS, DEFAULT_HIDDEN):
+        out += f"_c{conv_channels}_h{hidden}"
+    return out
+
+
+def config_name(part, nca: NCAConfig) -> str:
+    """The config name of a partition (a Band or a Mix) built with `nca`."""
+    return part.name(nca.states, nca.conv_channels, nca.hidden)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A mixture of bands: a partition whose rows come from each component band in proportion
+    to its weight, every row inside its own band (see `plan.mix_counts` for the exact rule)."""
+
+    bands: tuple  # (Band, ...), distinct, in the order given
+    weights: tuple  # (float, ...), positive, one per band
+
+    def __post_init__(self) -> None:
+        if len(self.bands) != len(self.weights):
+            raise ConfigError("a mixture needs one weight per band")
+        if len(set(self.bands)) < 2 or len(set(self.bands)) != len(self.bands):
+            raise ConfigError(f"mixture {self}: needs at least two distinct bands, none repeated")
+        for w in self.weights:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not (
+                    math.isfinite(w) and w > 0):
+                raise ConfigError(f"mixture {self}: weights must be positive numbers, got {w!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Mix":
+        """Parse 'LO-HI:W,LO-HI:W,...', e.g. '0.3-0.4:1,0.5-1.0:3'."""
+        bands, weights = [], []
+        for item in text.split(","):
+            band, sep, weight = item.rpartition(":")
+            if not sep:
+                raise ConfigError(f"mixture {text!r}: {item.strip()!r} is not LO-HI:WEIGHT, "
+                                  f"e.g. 0.3-0.4:1,0.5-1.0:1")
+            try:
+                w = float(weight)
+            except ValueError:
+                raise ConfigError(f"mixture {text!r}: weight {weight.strip()!r} is not a number") from None
+            bands.append(Band.parse(band))
+            weights.append(int(w) if w.is_integer() else w)
+        return cls(tuple(bands), tuple(weights))
+
+    @property
+    def lo(self) -> float:
+        return min(b.lo for b in self.bands)
+
+    @property
+    def hi(self) -> float:
+        return max(b.hi for b in self.bands)
+
+    @property
+    def equal(self) -> bool:
+        return len(set(self.weights)) == 1
+
+    def name(self, states: int = DEFAULT_STATES, conv_channels: int = DEFAULT_CONV_CHANNELS,
+             hidden: int = DEFAULT_HIDDEN) -> str:
+        """mix_30_40_50_100 (equal weights), mix_30_40x1_50_100x3 (weights named otherwise),
+        with the suffixes of `Band.name`."""
+        parts = [f"{_pct(b.lo)}_{_pct(b.hi)}" + ("" if self.equal else "x" + _num(w).replace(".", "p"))
+                 for b, w in zip(self.bands, self.weights)]
+        return "mix_" + "_".join(parts) + suffix(states, conv_channels, hidden)
+
+    def __str__(self) -> str:
+        return ",".join(f"{b}:{_num(w)}" for b, w in zip(self.bands, self.weights))
+
+
+def _num(w: int | float) -> str:
+    """A weight as text that parses back to the same number: 1, 0.5, 0.3333333333333333."""
+    return str(w) if isinstance(w, int) else repr(float(w))
+
+
+def parse_partition(text: str):
+    """A recorded partition: 'LO-HI' (a Band) or 'LO-HI:W,...' (a Mix)."""
+    return Mix.parse(text) if ":" in text else Band.parse(text)
 
 
 PAPER_BANDS = (Band(0.2, 0.3), Band(0.3, 0.4), Band(0.4, 0.5), Band(0.5, 1.0))

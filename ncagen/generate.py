@@ -5,6 +5,9 @@ j // S (S = sims_per_rule), and the rule's seed is a hash of (shard key, j // S)
 are its first accepted candidates in candidate order, so they do not depend on the batch size.
 Each candidate is rolled out only as far as the gzip ratio needs (its first `ratio_grids`
 recorded grids); the rest of the sequence is rolled out for accepted candidates alone.
+
+A shard of a mixture (`generate_parts`) is several such shards, one per component band with
+its own key, interleaved row by row in the fixed order `mix_order` gives.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .tokens import encode_grids, to_sequence
 DEFAULT_BATCH = 1024  # candidates per unit of work on the CPU (a GPU wants far more)
 SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before giving up
 LOOKAHEAD = 2  # units queued per CPU thread beyond the ones running
+MIX_CHUNK = 1024  # rows of a mixture shard assembled at a time (rows do not depend on it)
 
 
 class BandUnreachable(RuntimeError):
@@ -163,6 +167,78 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
     finally:
         for future in queue:  # the caller stopped early: queued units are dropped, running ones
             future.cancel()   # finish unseen
+
+
+def mix_order(counts: list[int]) -> np.ndarray:
+    """The component of each row of a mixture shard, (sum(counts),) int32 in row order: a smooth
+    weighted round-robin over the counts (at each row every component gains its count, the one
+    furthest ahead, the earlier on a tie, takes the row and loses the total), so component k
+    gets exactly counts[k] rows, spread evenly."""
+    total, current, order = sum(counts), [0] * len(counts), []
+    for _ in range(total):
+        current = [c + n for c, n in zip(current, counts)]
+        k = max(range(len(counts)), key=lambda i: (current[i], -i))
+        current[k] -= total
+        order.append(k)
+    return np.asarray(order, np.int32)
+
+
+class _Rows:
+    """Rows taken from a generator of column batches, n at a time."""
+
+    def __init__(self, batches: Iterator[dict]):
+        self.batches, self.pending = batches, []
+
+    def take(self, n: int) -> dict:
+        have = sum(len(c["rule_seed"]) for c in self.pending)
+        while have < n:
+            cols = next(self.batches)
+            self.pending.append(cols)
+            have += len(cols["rule_seed"])
+        whole = {k: np.concatenate([c[k] for c in self.pending]) for k in self.pending[0]}
+        rest = {k: v[n:] for k, v in whole.items()}
+        self.pending = [rest] if len(rest["rule_seed"]) else []
+        return {k: v[:n] for k, v in whole.items()}
+
+
+def generate_parts(cfg: NCAConfig, parts: list[tuple[Band, int, int]], device: str = "cpu",
+                   batch: int = DEFAULT_BATCH, stats: ShardStats | None = None,
+                   threads: int | None = None, width: Callable[[], int] | None = None
+                   ) -> Iterator[dict]:
+    """Yield column batches of a shard made of `parts`, (band, key, rows) each: with one part,
+    `generate`'s; with several (a mixture), each part's rows are `generate`'s for its band and
+    key, interleaved in `mix_order`, and every batch has a "part" column (the part of each row)."""
+    if len(parts) == 1:
+        band, key, rows = parts[0]
+        yield from generate(cfg, band, key, rows, device, batch, stats, threads, width)
+        return
+    stats = stats if stats is not None else ShardStats()
+    own = [ShardStats() for _ in parts]
+    sources = [_Rows(generate(cfg, band, key, rows, device, batch, st, threads, width))
+               for (band, key, rows), st in zip(parts, own)]
+    order = mix_order([rows for _, _, rows in parts])
+    try:
+        for start in range(0, len(order), MIX_CHUNK):
+            which = order[start:start + MIX_CHUNK]
+            out: dict = {}
+            for k, source in enumerate(sources):
+                at = np.flatnonzero(which == k)
+                if not len(at):
+                    continue
+                for name, v in source.take(len(at)).items():
+                    if name not in out:
+                        out[name] = np.empty((len(which), *v.shape[1:]), v.dtype)
+                    out[name][at] = v
+            out["part"] = which.copy()
+            yield out
+    finally:
+        for source in sources:
+            source.batches.close()
+        for st in own:
+            stats.candidates += st.candidates
+            stats.accepted += st.accepted
+            stats.ratio_min = min(stats.ratio_min, st.ratio_min)
+            stats.ratio_max = max(stats.ratio_max, st.ratio_max)
 
 
 def regenerate(cfg: NCAConfig, rule_seeds, sims, device: str = "cpu") -> dict:

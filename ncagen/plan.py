@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .config import Band, ConfigError, NCAConfig
+from .config import Band, ConfigError, Mix, NCAConfig, config_name, parse_partition
 
 SPLITS = ("train", "validation")
 DEFAULT_SHARD_ROWS = 100_000  # ~400 MB of int32 tokens before compression
@@ -22,6 +22,7 @@ AUTO = "auto"  # --shard-rows auto: rows per file from the split's size (auto_sh
 MIN_FILES = {"train": 32, "validation": 8}
 TARGET_FILE_BYTES = 256 * 10**6  # the largest file `auto` makes: the Hub handles 50-500 MB well
 BYTES_PER_TOKEN = 1.73  # of a shard, measured: 1.77 KB a row at seq_len 1024 (int32, zstd)
+MIX_TAG = 2**40 + 0x6D6978  # a mixture shard key's third part: no band's round(lo * 1e6) is it
 
 
 def auto_shard_rows(total_rows: int, seq_len: int, min_files: int) -> int:
@@ -43,6 +44,7 @@ class BuildConfig:
     out: str
     bands: tuple = (Band(0.5, 1.0),)
     states: tuple = (10,)
+    mixes: tuple = ()  # Mix partitions, each at every alphabet beside the bands
     rows: int | None = None  # train rows per partition
     tokens: int | None = None  # or train tokens per partition
     val_rows: int | None = None
@@ -65,8 +67,10 @@ class BuildConfig:
             raise ConfigError("give the amount per partition as exactly one of --rows or --tokens")
         if self.train_rows < 1:
             raise ConfigError(f"rows must be >= 1, got {self.train_rows}")
-        if not self.bands or not self.states:
-            raise ConfigError("at least one --band and one --states are needed")
+        if not (self.bands or self.mixes) or not self.states:
+            raise ConfigError("at least one --band or --mix and one --states are needed")
+        if len({m.name() for m in self.mixes}) != len(self.mixes):
+            raise ConfigError("a --mix value is repeated")
         for n in self.states:
             dataclasses.replace(self.nca, states=n)  # validates every alphabet
         if self.val_rows is not None and self.val_rows < 0:
@@ -78,7 +82,7 @@ class BuildConfig:
         if len(set(self.pairs)) != len(self.pairs):
             raise ConfigError("a (states, band) partition is repeated")
         for n, band in self.pairs:
-            if n not in self.states or band not in self.bands:
+            if n not in self.states or band not in (*self.bands, *self.mixes):
                 raise ConfigError(f"partition {n}:{band} is not among the states and bands")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
@@ -106,9 +110,9 @@ class BuildConfig:
 
     @property
     def partitions(self) -> tuple:
-        """The (states, Band) pairs of the build, in plan order: `pairs`, else every band at
-        every alphabet."""
-        return self.pairs or tuple((n, b) for n in self.states for b in self.bands)
+        """The (states, Band or Mix) pairs of the build, in plan order: `pairs`, else every band,
+        then every mixture, at every alphabet."""
+        return self.pairs or tuple((n, b) for n in self.states for b in (*self.bands, *self.mixes))
 
     def split_shard_rows(self, split: str) -> int:
         """Rows per file of a split (the last file may be shorter)."""
@@ -129,24 +133,30 @@ class BuildConfig:
                            else {s: self.split_shard_rows(s) for s in SPLITS}),
             "seed": self.seed,
         }
-        if set(self.partitions) != {(n, b) for n in self.states for b in self.bands}:
+        if self.mixes:  # absent otherwise: a build without mixtures keeps its identity
+            ident["mixes"] = [str(m) for m in self.mixes]
+        if set(self.partitions) != {(n, b) for n in self.states
+                                    for b in (*self.bands, *self.mixes)}:
             ident["partitions"] = [f"{n}:{b}" for n, b in self.partitions]
         return ident
 
 
-def recorded_partitions(identity: dict) -> list[tuple[int, Band]]:
-    """The (states, Band) partitions of a build, from its manifest's config (`identity()`)."""
+def recorded_partitions(identity: dict) -> list[tuple[int, Band | Mix]]:
+    """The (states, Band or Mix) partitions of a build, from its manifest's config (`identity()`)."""
     if "partitions" in identity:
-        return [(int(n), Band.parse(b)) for n, b in (p.split(":", 1) for p in identity["partitions"])]
-    return [(n, Band.parse(b)) for n in identity["states"] for b in identity["bands"]]
+        return [(int(n), parse_partition(b))
+                for n, b in (p.split(":", 1) for p in identity["partitions"])]
+    return [(n, parse_partition(b)) for n in identity["states"]
+            for b in (*identity["bands"], *identity.get("mixes", ()))]
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to build: a pure description a worker can run anywhere."""
+    """One shard to build: a pure description a worker can run anywhere. `band` is a Band, or a
+    Mix whose `components()` are the pieces the shard is made of."""
 
     nca: NCAConfig
-    band: Band
+    band: Band | Mix
     config_name: str
     split: str
     index: int
@@ -160,13 +170,53 @@ class ShardTask:
 
         return shard_path(self.config_name, self.split, self.index, self.count)
 
+    def components(self) -> list[tuple[Band, int, int]]:
+        """(band, generation key, rows) of each piece of the shard: the band itself, or every
+        component of a mixture in order (see mix_counts, component_key; rows may be 0)."""
+        if isinstance(self.band, Band):
+            return [(self.band, self.key, self.rows)]
+        return [(b, component_key(self.key, b), r)
+                for b, r in zip(self.band.bands, mix_counts(self.rows, self.band.weights))]
 
-def shard_key(seed: int, states: int, band: Band, split: str, index: int) -> int:
-    """The generation key of shard `index` of a split: a hash of (seed, partition, split, index)."""
+    def band_names(self) -> list[str]:
+        """The `band` column value of each component's rows: its own config name."""
+        return [config_name(b, self.nca) for b, _, _ in self.components()]
+
+
+def shard_key(seed: int, states: int, band: Band | Mix, split: str, index: int) -> int:
+    """The generation key of shard `index` of a split: a hash of (seed, partition, split, index).
+    A mixture's hashes (seed, states, MIX_TAG, its name's length and 8-byte pieces, split,
+    index): never a band's key, and distinct names hash distinct sequences."""
     from .rng import derive
 
+    if isinstance(band, Mix):
+        name = band.name().encode()
+        pieces = [int.from_bytes(name[i:i + 8], "big") for i in range(0, len(name), 8)]
+        return int(derive(seed, states, MIX_TAG, len(name), *pieces, SPLITS.index(split), index))
     return int(derive(seed, states, round(band.lo * 1e6), round(band.hi * 1e6),
                       SPLITS.index(split), index))
+
+
+def component_key(key: int, band: Band) -> int:
+    """The generation key of a mixture shard's rows from `band`: a hash of (the mixture shard's
+    key, the band), so of (seed, states, mixture name, band, split, shard index)."""
+    from .rng import derive
+
+    return int(derive(key, round(band.lo * 1e6), round(band.hi * 1e6)))
+
+
+def mix_counts(rows: int, weights: tuple) -> list[int]:
+    """Rows each component of a mixture shard of `rows` rows gets: the largest-remainder rounding
+    of rows * w_k / sum(w), computed exactly (fractions), remainder ties to the earlier component."""
+    from fractions import Fraction
+
+    w = [Fraction(x) for x in weights]
+    quotas = [rows * x / sum(w) for x in w]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(w)), key=lambda k: (-(quotas[k] - counts[k]), k))
+    for k in by_remainder[:rows - sum(counts)]:
+        counts[k] += 1
+    return counts
 
 
 def plan(cfg: BuildConfig) -> list[ShardTask]:
@@ -178,7 +228,7 @@ def plan(cfg: BuildConfig) -> list[ShardTask]:
             size = cfg.split_shard_rows(split)
             count = math.ceil(total / size)
             for i in range(count):
-                tasks.append(ShardTask(nca, band, band.name(n), split, i, count,
+                tasks.append(ShardTask(nca, band, config_name(band, nca), split, i, count,
                                        min(size, total - i * size),
                                        shard_key(cfg.seed, n, band, split, i)))
     return tasks

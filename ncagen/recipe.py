@@ -14,7 +14,8 @@ just those (states, band) partitions, into one directory with one manifest.
       "val_rows": 4096, or "val_fraction"    validation rows per config (rules disjoint)
       "shard_rows": "auto",                  or an integer
       "nca": {"seq_len": 1024, ...},         spec knobs; the defaults where absent
-      "alphabets": [{"states": 10, "bands": ["0.2-0.3", "0.5-1.0"]}, ...]
+      "alphabets": [{"states": 10, "bands": ["0.2-0.3", "0.5-1.0"],
+                     "mixes": ["0.3-0.4:1,0.5-1.0:1"]}, ...]   (mixes optional, as --mix)
     }
 
 Every problem (unreadable JSON, an unknown key, a bad value) is a ConfigError naming the key.
@@ -25,13 +26,13 @@ from __future__ import annotations
 import json
 import pathlib
 
-from .config import Band, ConfigError, NCAConfig
+from .config import Band, ConfigError, Mix, NCAConfig
 
 KEYS = ("version", "description", "seed", "rows", "tokens", "val_rows", "val_fraction",
         "shard_rows", "nca", "alphabets")
 NCA_KEYS = ("grid", "patch", "seq_len", "burn_in", "dt", "temperature", "identity_bias",
-            "sims_per_rule")  # the spec knobs the build command has flags for
-ALPHABET_KEYS = ("states", "bands")
+            "sims_per_rule", "conv_channels", "hidden")  # the knobs the build has flags for
+ALPHABET_KEYS = ("states", "bands", "mixes")
 # build flags that say where and how a build runs, not what it holds: allowed beside --recipe
 RUN_FLAGS = ("recipe", "out", "executor", "address", "device", "workers", "batch", "overwrite",
              "shared_fs")
@@ -77,9 +78,10 @@ def recipe_config(raw) -> dict:
             raise ConfigError(f"nca.{key} must be a number, got {value!r}")
     pairs = _alphabets(raw["alphabets"])
     states = tuple(dict.fromkeys(n for n, _ in pairs))
-    bands = tuple(dict.fromkeys(b for _, b in pairs))
+    bands = tuple(dict.fromkeys(b for _, b in pairs if isinstance(b, Band)))
+    mixes = tuple(dict.fromkeys(b for _, b in pairs if isinstance(b, Mix)))
     return dict(
-        bands=bands, states=states, pairs=pairs, seed=_integer(raw, "seed", 0),
+        bands=bands, mixes=mixes, states=states, pairs=pairs, seed=_integer(raw, "seed", 0),
         rows=amount.get("rows"), tokens=amount.get("tokens"), val_rows=amount.get("val_rows"),
         val_fraction=_fraction(raw), shard_rows=shard_rows, release=raw["version"].strip(),
         nca=NCAConfig(**{**nca, "states": states[0]}))
@@ -115,22 +117,31 @@ def _fraction(raw: dict) -> float:
 
 
 def _alphabets(alphabets) -> tuple:
-    """The recipe's alphabets -> (states, Band) pairs, in the recipe's order."""
+    """The recipe's alphabets -> (states, Band or Mix) pairs, in the recipe's order (an
+    alphabet's bands, then its mixtures)."""
     if not isinstance(alphabets, list) or not alphabets:
         raise ConfigError("'alphabets' must be a non-empty list of {states, bands} objects")
     pairs = []
     for i, entry in enumerate(alphabets):
         where = f"alphabets[{i}]"
         _known(entry, ALPHABET_KEYS, where)
-        n, bands = entry.get("states"), entry.get("bands")
+        n, bands = entry.get("states"), entry.get("bands", [] if "mixes" in entry else None)
         if isinstance(n, bool) or not isinstance(n, int):
             raise ConfigError(f"{where}.states must be an integer, got {n!r}")
         if any(m == n for m, _ in pairs):
             raise ConfigError(f"{where}: states {n} is listed twice")
-        if not isinstance(bands, list) or not bands or not all(isinstance(b, str) for b in bands):
-            raise ConfigError(f"{where}.bands must be a non-empty list of 'LO-HI' strings")
+        mixes = entry.get("mixes", [])
+        if not isinstance(bands, list) or not all(isinstance(b, str) for b in bands) or not (
+                bands or mixes):
+            raise ConfigError(f"{where}.bands must be a list of 'LO-HI' strings (non-empty "
+                              f"unless there are mixes)")
+        if not isinstance(mixes, list) or not all(isinstance(m, str) for m in mixes):
+            raise ConfigError(f"{where}.mixes must be a list of 'LO-HI:W,LO-HI:W' strings")
         parsed = [Band.parse(b) for b in bands]
         if len(set(parsed)) != len(parsed):
             raise ConfigError(f"{where}: a band is repeated")
+        parsed += [Mix.parse(m) for m in mixes]
+        if len(set(parsed)) != len(parsed):
+            raise ConfigError(f"{where}: a mixture is repeated")
         pairs.extend((n, b) for b in parsed)
     return tuple(pairs)

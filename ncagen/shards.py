@@ -96,8 +96,19 @@ class ShardResult:
         return asdict(self)
 
 
-def to_table(cols: dict, cfg: NCAConfig, band_name: str) -> pa.Table:
-    """Column arrays from the generator -> an Arrow table with the shard schema."""
+def band_column(cols: dict, band_names: str | list[str]) -> list[str]:
+    """The `band` value of each row: its part's name (a mixture's "part" column picks it)."""
+    if isinstance(band_names, str):
+        return [band_names] * len(cols["rule_seed"])
+    if "part" not in cols:
+        assert len(band_names) == 1
+        return band_names * len(cols["rule_seed"])
+    return [band_names[k] for k in cols["part"]]
+
+
+def to_table(cols: dict, cfg: NCAConfig, band_names: str | list[str]) -> pa.Table:
+    """Column arrays from the generator -> an Arrow table with the shard schema; `band_names`:
+    the partition's config name, or each part's (see band_column)."""
     ids = cols["input_ids"]  # (B, seq_len) int32
     B = ids.shape[0]
     offsets = pa.array(range(0, (B + 1) * cfg.seq_len, cfg.seq_len), pa.int32())
@@ -106,7 +117,7 @@ def to_table(cols: dict, cfg: NCAConfig, band_name: str) -> pa.Table:
         pa.array(cols["gzip_ratio"], pa.float32()),
         pa.array(cols["zstd_ratio"], pa.float32()),
         pa.array([cfg.states] * B, pa.int32()),
-        pa.array([band_name] * B, pa.string()),
+        pa.array(band_column(cols, band_names), pa.string()),
         pa.array(cols["rule_seed"], pa.int64()),
         pa.array(cols["sim"], pa.int32()),
     ], schema=schema(cfg))

@@ -11,6 +11,9 @@ consumer i % (world_size * num_workers), so no row is yielded twice. Keep shards
 that every consumer gets some (`shard_rows`), since the rows of one shard come out of one
 consumer.
 
+The band may be a mixture (a `Mix`, or its text '0.3-0.4:1,0.5-1.0:1'): the stream then yields
+the rows of the build's `--mix` partition, each with its own band's name in `band`.
+
 A bounded stream gives every rank the same number of rows, so a DDP job does not hang at its
 last step waiting for a rank that ran out (`even_ranks=True`, the default): each DataLoader
 worker yields the fewest rows that the worker at its position holds on any rank, computed from
@@ -45,8 +48,9 @@ import sys
 from typing import Iterator
 
 from .plan import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, recorded_partitions, shard_key
-from .config import Band, ConfigError, NCAConfig
-from .generate import DEFAULT_BATCH, generate
+from .config import Band, ConfigError, Mix, NCAConfig, parse_partition
+from .config import config_name as name_of  # read_build's argument is called config_name
+from .generate import DEFAULT_BATCH, generate_parts
 
 TORCH_NAMES = ("NCAStream", "stream_loader", "distributed_rank", "EvenSplit", "even_split",
                "load_rank_stream")  # in ncagen.torch_stream
@@ -65,27 +69,31 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def shard_tasks(cfg: NCAConfig, band: Band, seed: int, shard_rows: int, rows: int | None = None,
+def shard_tasks(cfg: NCAConfig, band: Band | Mix, seed: int, shard_rows: int, rows: int | None = None,
                 split: str = "train", start_shard: int = 0) -> Iterator[ShardTask]:
     """The shards of a split in build order; endless when rows is None."""
     count = math.ceil(rows / shard_rows) if rows is not None else 0  # 0: unbounded
     i = start_shard
     while rows is None or i < count:
         n = shard_rows if rows is None else min(shard_rows, rows - i * shard_rows)
-        yield ShardTask(cfg, band, band.name(cfg.states), split, i, count, n,
+        yield ShardTask(cfg, band, name_of(band, cfg), split, i, count, n,
                         shard_key(seed, cfg.states, band, split, i))
         i += 1
 
 
-def row_dicts(cols: dict, cfg: NCAConfig, band_name: str) -> Iterator[dict]:
-    """Column batches from the generator -> one dict per row, with the dataset's columns."""
+def row_dicts(cols: dict, cfg: NCAConfig, band_names: str | list[str]) -> Iterator[dict]:
+    """Column batches from the generator -> one dict per row, with the dataset's columns
+    (`band_names`: as `shards.to_table` takes them)."""
+    from .shards import band_column
+
+    bands = band_column(cols, band_names)
     for j in range(len(cols["rule_seed"])):
         yield {
             "input_ids": cols["input_ids"][j],  # (seq_len,) int32
             "gzip_ratio": float(cols["gzip_ratio"][j]),
             "zstd_ratio": float(cols["zstd_ratio"][j]),
             "states": cfg.states,
-            "band": band_name,
+            "band": bands[j],
             "rule_seed": int(cols["rule_seed"][j]),
             "sim": int(cols["sim"][j]),
         }
@@ -99,10 +107,10 @@ def even_quotas(shard_rows: list[int], world_size: int, workers: int) -> list[in
     return [min(held[r * workers + w] for r in range(world_size)) for w in range(workers)]
 
 
-def check_args(band: Band | str, rows: int | None, shard_rows: int, seed: int, split: str,
-               start_shard: int) -> Band:
-    """Validate a stream's arguments; returns the band parsed."""
-    band = Band.parse(band) if isinstance(band, str) else band
+def check_args(band: Band | Mix | str, rows: int | None, shard_rows: int, seed: int, split: str,
+               start_shard: int) -> Band | Mix:
+    """Validate a stream's arguments; returns the band (or mixture) parsed."""
+    band = parse_partition(band) if isinstance(band, str) else band
     if rows is not None and rows < 1:
         raise ConfigError(f"rows must be >= 1 or None (endless), got {rows}")
     if shard_rows < 1:
@@ -145,7 +153,7 @@ def limit_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by ncagen.threads.default_workers
 
 
-def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | str, seed: int = 0,
+def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | Mix | str, seed: int = 0,
                   rows: int | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
                   split: str = "train", device: str = "cpu",
                   batch: int = DEFAULT_BATCH) -> Iterator[dict]:
@@ -160,12 +168,13 @@ def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | str, seed: int
         n = shard_rows if rows is None else min(shard_rows, rows - i * shard_rows)
         if n < 1:
             raise ConfigError(f"shard {i} lies beyond the {rows} rows of this stream")
-        key = shard_key(seed, cfg.states, band, split, i)
-        for cols in generate(cfg, band, key, n, device, batch):
-            yield from row_dicts(cols, cfg, band.name(cfg.states))
+        task = ShardTask(cfg, band, name_of(band, cfg), split, i, 0, n,
+                         shard_key(seed, cfg.states, band, split, i))
+        for cols in generate_parts(cfg, task.components(), device, batch):
+            yield from row_dicts(cols, cfg, task.band_names())
 
 
-def nca_iterable_dataset(cfg: NCAConfig, band: Band | str, seed: int = 0, rows: int | None = None,
+def nca_iterable_dataset(cfg: NCAConfig, band: Band | Mix | str, seed: int = 0, rows: int | None = None,
                          shard_rows: int = DEFAULT_SHARD_ROWS, split: str = "train",
                          num_shards: int | None = None, device: str = "cpu"):
     """A datasets.IterableDataset of the stream; shards split over workers and nodes by datasets."""
@@ -221,12 +230,13 @@ def read_build(path: str, config_name: str) -> dict:
     pairs = recorded_partitions(ident)
     sizes = ident["shard_rows"]  # an integer, or per split (--shard-rows auto)
     split_rows = sizes if isinstance(sizes, dict) else {"train": sizes, "validation": sizes}
+    names = []
     for n, band in pairs:
-        if band.name(n) == config_name:
-            cfg = NCAConfig(**{**ident["nca"], "states": n})
+        cfg = NCAConfig(**{**ident["nca"], "states": n})
+        if name_of(band, cfg) == config_name:
             return {"cfg": cfg, "band": band, "seed": ident["seed"], "shard_rows": sizes,
                     "split_shard_rows": split_rows,
                     "rows": {"train": ident["train_rows"], "validation": ident["validation_rows"]}}
-    names = [band.name(n) for n, band in pairs]
+        names.append(name_of(band, cfg))
     raise ConfigError(f"config {config_name!r} is not in the build at {path}; it has {', '.join(names)}")
 

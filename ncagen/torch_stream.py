@@ -11,8 +11,8 @@ from typing import Iterator
 
 import torch
 
-from .config import Band, ConfigError, NCAConfig
-from .generate import DEFAULT_BATCH, generate
+from .config import Band, ConfigError, Mix, NCAConfig
+from .generate import DEFAULT_BATCH, generate_parts
 from .plan import DEFAULT_SHARD_ROWS, ShardTask
 from .stream import (check_args, even_quotas, limit_threads, manifest_file_rows, read_build,
                      row_dicts, shard_tasks, worker_setup)
@@ -30,7 +30,7 @@ def distributed_rank() -> tuple[int, int]:
 class NCAStream(torch.utils.data.IterableDataset):
     """The rows of a build, generated live and dealt shard by shard over ranks and workers."""
 
-    def __init__(self, cfg: NCAConfig, band: Band | str, seed: int = 0, *, rows: int | None = None,
+    def __init__(self, cfg: NCAConfig, band: Band | Mix | str, seed: int = 0, *, rows: int | None = None,
                  shard_rows: int = DEFAULT_SHARD_ROWS, split: str = "train", start_shard: int = 0,
                  rank: int | None = None, world_size: int | None = None, even_ranks: bool = True,
                  device: str = "cpu", batch: int = DEFAULT_BATCH, threads: int | None = None):
@@ -102,8 +102,8 @@ class NCAStream(torch.utils.data.IterableDataset):
         for task in self.tasks():
             if (task.index - self.start_shard) % consumers != me:
                 continue
-            for cols in generate(task.nca, task.band, task.key, task.rows, device, self.batch):
-                yield from row_dicts(cols, task.nca, task.config_name)
+            for cols in generate_parts(task.nca, task.components(), device, self.batch):
+                yield from row_dicts(cols, task.nca, task.band_names())
 
 
 def stream_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs):

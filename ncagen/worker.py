@@ -61,7 +61,7 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
     and returns the record, so the next shard can be generated meanwhile.
     """
     from . import __version__, shards
-    from .generate import DEFAULT_BATCH, ShardStats, generate
+    from .generate import DEFAULT_BATCH, ShardStats, generate_parts
     from .progress import RowReporter
     from .storage import Storage
 
@@ -77,12 +77,13 @@ def run_shard(task: ShardTask, out: str, device: str = "cpu", batch: int | None 
     counts = np.zeros(task.nca.vocab_size, np.int64)  # every token id's count, for the card
 
     def tables():
-        for cols in generate(task.nca, task.band, task.key, task.rows, device, batch, stats,
-                             threads=threads, width=width):
+        names = task.band_names()  # a mixture's rows carry their own band's name
+        for cols in generate_parts(task.nca, task.components(), device, batch, stats,
+                                   threads=threads, width=width):
             if tell is not None:
                 tell(len(cols["rule_seed"]))
             counts[:] += np.bincount(cols["input_ids"].reshape(-1), minlength=counts.size)
-            yield shards.to_table(cols, task.nca, task.config_name)
+            yield shards.to_table(cols, task.nca, names)
 
     meta = lambda: {"tokens": task.rows * task.nca.seq_len, "candidates": stats.candidates,  # noqa: E731
                     "accepted": stats.accepted, "key": str(task.key), "version": __version__,

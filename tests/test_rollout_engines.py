@@ -40,6 +40,13 @@ def test_numba_and_torch_engines_agree_bit_for_bit(n, bias):
     assert len(np.unique(out_nb)) == n  # every state occurs: the grids are not degenerate
 
 
+@pytest.mark.parametrize("n,conv_channels,hidden", [(10, 8, 32), (10, 1, 1), (17, 3, 5)])
+def test_engines_agree_at_other_network_widths(n, conv_channels, hidden):
+    cfg = NCAConfig(states=n, conv_channels=conv_channels, hidden=hidden)
+    out_nb, end_nb, out_pt, end_pt = _both_engines(cfg, 20)
+    assert np.array_equal(out_nb, out_pt) and np.array_equal(end_nb, end_pt)
+
+
 def test_engines_agree_on_another_grid_and_schedule():
     cfg = NCAConfig(states=6, grid=8, burn_in=3, dt=2, seq_len=200)
     out_nb, end_nb, out_pt, end_pt = _both_engines(cfg, 30)

@@ -59,7 +59,7 @@ def preview_table(parts: list[PartitionStats]):
     rows = [(p, r) for p in parts for r in p.head]
     cols = {
         "image": [{"bytes": trajectory_png(r["input_ids"], p.nca), "path": None} for p, r in rows],
-        "band": [p.name for p, _ in rows],
+        "band": [r["band"] for _, r in rows],  # a mixture's rows: their own band's name
         "gzip_ratio": [r["gzip_ratio"] for _, r in rows],
         "rule_seed": [r["rule_seed"] for _, r in rows],
         "sim": [r["sim"] for _, r in rows],

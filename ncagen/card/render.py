@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import Band, NCAConfig
+from ..config import Band, Mix, NCAConfig, parse_partition
 from ..shards import PREVIEW_DIR
 from .figures import BANDS_FIGURE, STRIP_GRIDS, figure_paths
 from .preview import FEATURES as PREVIEW_FEATURES
@@ -33,6 +33,7 @@ TAGS = ("synthetic", "cellular-automata", "neural-cellular-automata", "pre-pre-t
 PARAMETERS = {  # manifest key -> what it means, in the order the card lists them
     "states": "alphabet sizes n (cell states)",
     "bands": "gzip-ratio bands LO-HI (LO < ratio < HI)",
+    "mixes": "band mixtures, each band with its weight (rows in proportion, each in its own band)",
     "grid": "grid side (cells); the grid is a torus",
     "patch": "patch side; one p x p patch is one token",
     "seq_len": "tokens per row",
@@ -88,8 +89,11 @@ _DTYPES = {"int32": "int32", "int64": "int64", "float": "float32", "double": "fl
            "string": "string"}  # Arrow type name -> datasets dtype name
 
 
-def band_text(band: Band) -> str:
-    """A band as LO-HI with at least one decimal on each edge: 0.5-1.0, 0.35-0.45."""
+def band_text(band: Band | Mix) -> str:
+    """A band as LO-HI with at least one decimal on each edge: 0.5-1.0, 0.35-0.45; a mixture
+    as its bands with their weights: 0.3-0.4 x1 + 0.5-1.0 x3."""
+    if isinstance(band, Mix):
+        return " + ".join(f"{band_text(b)} x{w:g}" for b, w in zip(band.bands, band.weights))
     return f"{_edge(band.lo)}-{_edge(band.hi)}"
 
 
@@ -201,10 +205,10 @@ def parameters_table(manifest: dict) -> str:
     for key in [*PARAMETERS, *sorted(set(cfg) - set(PARAMETERS))]:
         if key in cfg:
             value = cfg[key]
-            if key == "bands":
-                value = [band_text(Band.parse(b)) for b in value]
+            if key in ("bands", "mixes"):
+                value = [band_text(parse_partition(b)) for b in value]
             elif key == "partitions":  # a recipe's (alphabet, band) pairs
-                value = [f"n={n} {band_text(Band.parse(b))}" for n, b in
+                value = [f"n={n} {band_text(parse_partition(b))}" for n, b in
                          (p.split(":", 1) for p in value)]
             elif isinstance(value, dict):  # per split, e.g. shard_rows of --shard-rows auto
                 value = ", ".join(f"{k} {_value_text(v)}" for k, v in value.items())
@@ -259,6 +263,20 @@ def shown_grids(nca: NCAConfig) -> int:
     return min(STRIP_GRIDS, nca.seq_len // nca.tokens_per_grid)
 
 
+def mix_text(part: PartitionStats) -> str:
+    """What a mixture's section says about its components (empty for a band)."""
+    if not isinstance(part.band, Mix):
+        return ""
+    rows = [[f"`{name}`", band_text(band), f"{w:g}", f"{int((part.parts == k).sum()):,}"]
+            for k, ((name, band), w) in enumerate(zip(part.components, part.band.weights))]
+    first = part.components[0][0]
+    return ("A mixture: each shard of r rows takes from each band the largest-remainder rounding "
+            "of r x weight / (sum of weights) rows, interleaved evenly, and every row lies inside "
+            "its own band. The `band` column names the row's band, so "
+            f"`ds.filter(lambda r: r[\"band\"] == \"{first}\")` takes one back.\n\n"
+            + _table(["band column", "gzip ratio band", "weight", "rows"], rows) + "\n\n")
+
+
 def config_section(part: PartitionStats, repo_id: str, figures: bool) -> str:
     """The card's section about one config."""
     z = zipf_stats(part.token_counts[:part.nca.grid_start])
@@ -271,6 +289,7 @@ def config_section(part: PartitionStats, repo_id: str, figures: bool) -> str:
         ratio_rows=f"{part.ratios.size:,}", quantiles_table=quantiles_table(part.ratios),
         used=f"{z['used']:,}", patch_tokens=f"{part.nca.grid_start:,}", top_token=z["top_token"],
         top_share=f"{z['top_share']:.1%}", figures=figures_markdown(part) if figures else "",
+        mix=mix_text(part),
         repo_id=repo_id)
 
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import Band, NCAConfig
+from ..config import Band, Mix, NCAConfig, config_name
 
 SPLITS = ("train", "validation")
 SAMPLE_ROWS = 3  # trajectories shown in a config's sample strip
 HEAD_ROWS = 24  # first train rows kept: the sample strip's and the preview config's
-HEAD_COLUMNS = ("input_ids", "gzip_ratio", "rule_seed", "sim")  # what is kept of them
+HEAD_COLUMNS = ("input_ids", "gzip_ratio", "band", "rule_seed", "sim")  # what is kept of them
 SCAN_BATCH = 8192  # rows read at a time (the shards' row-group size); num_bytes is summed per
 #                    batch (list offsets included), so another size would change the card's YAML
 COUNT_CHUNK = 1 << 18  # token ids counted at a time
@@ -42,10 +42,10 @@ class SplitStats:
 
 @dataclass
 class PartitionStats:
-    """One config (band x alphabet), recomputed from its Parquet files."""
+    """One config (band or mixture x alphabet), recomputed from its Parquet files."""
 
     name: str
-    band: Band
+    band: Band | Mix
     nca: NCAConfig
     splits: dict  # split -> SplitStats
     ratios: np.ndarray  # (rows,) float32, gzip ratio of every row, train then validation
@@ -53,6 +53,13 @@ class PartitionStats:
     head: list  # the first HEAD_ROWS train rows: dicts of HEAD_COLUMNS, input_ids (seq_len,)
     candidates: int  # summed from the shards' embedded generation stats
     accepted: int
+    parts: np.ndarray | None = None  # (rows,) int8, a mixture's: each row's component, by `band`
+
+    @property
+    def components(self) -> list[tuple[str, Band]]:
+        """(config name, band) of each band the rows come from: the band, or a mixture's."""
+        bands = self.band.bands if isinstance(self.band, Mix) else (self.band,)
+        return [(config_name(b, self.nca), b) for b in bands]
 
     @property
     def rows(self) -> int:
@@ -110,7 +117,7 @@ def parquet_files(out_dir: str) -> list[str]:
                   if i.type == fs.FileType.File and i.path.endswith(".parquet"))
 
 
-def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: dict,
+def scan_partition(out_dir: str, name: str, band: Band | Mix, nca: NCAConfig, files: dict,
                    quick: bool = False) -> PartitionStats:
     """Read one config's Parquet files ({split: [relpath]}) and compute its statistics.
 
@@ -118,6 +125,7 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
     only the small columns and one row group of each size (all groups of a config have the same
     layout, so the same Arrow size); a file without counts in its footer is read in full.
     The statistics are the same either way (tests/test_card.py compares the two cards).
+    A mixture's rows each carry a component's config name in `band`; they are told apart by it.
     """
     import json
 
@@ -132,6 +140,17 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
     counts = np.zeros(nca.vocab_size, np.int64)
     group_bytes: dict[int, int] = {}  # rows of a row group -> its Arrow size
     candidates = accepted = 0
+    mixed = isinstance(band, Mix)
+    names = [config_name(b, nca) for b in band.bands] if mixed else [name]
+    parts = []  # a mixture's: each row's component
+
+    def add_parts(column, rel: str) -> None:
+        if mixed:
+            got = np.asarray([names.index(v) if v in names else -1 for v in column.to_pylist()],
+                             np.int8)
+            if (got < 0).any():
+                raise CardError(f"{rel} has rows whose band is not one of {', '.join(names)}")
+            parts.append(got)
 
     def take(batch, rel: str, split: str, count_tokens: bool) -> int:
         """Check one batch (a row group) and add what it holds, but its rows and ratios;
@@ -147,9 +166,9 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
             _add_token_counts(values, counts, rel)
         elif values.size and (values.min() < 0 or values.max() >= counts.size):
             raise CardError(f"{rel} has token ids outside the vocabulary")
-        for col, want in (("states", nca.states), ("band", name)):
-            if any(v is not None and v != want for v in batch.column(col).unique().to_pylist()):
-                raise CardError(f"{rel} has rows whose {col} is not {want}")
+        for col, want in (("states", [nca.states]), ("band", names)):
+            if any(v is not None and v not in want for v in batch.column(col).unique().to_pylist()):
+                raise CardError(f"{rel} has rows whose {col} is not {' or '.join(map(str, want))}")
         if split == "train" and len(head) < HEAD_ROWS:
             rows = batch.slice(0, HEAD_ROWS - len(head)).select(list(HEAD_COLUMNS)).to_pylist()
             head.extend({**r, "input_ids": np.asarray(r["input_ids"], np.int32)} for r in rows)
@@ -180,8 +199,11 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
                         if rows not in group_bytes or (split == "train" and len(head) < HEAD_ROWS):
                             take(pf.read_row_group(i).to_batches()[0], rel, split, False)
                         st.num_bytes += group_bytes[rows]
-                    ratio = pf.read(columns=["gzip_ratio"]).column("gzip_ratio").combine_chunks()
+                    small = pf.read(columns=["gzip_ratio", "band"] if mixed else ["gzip_ratio"])
+                    ratio = small.column("gzip_ratio").combine_chunks()
                     ratios.append(_numpy(ratio, np.float32, rel, "gzip_ratio"))
+                    if mixed:
+                        add_parts(small.column("band"), rel)
                     st.rows += sum(groups)
                     st.tokens += int(found.sum())
                 else:
@@ -189,11 +211,13 @@ def scan_partition(out_dir: str, name: str, band: Band, nca: NCAConfig, files: d
                         st.tokens += take(batch, rel, split, True)
                         ratios.append(_numpy(batch.column("gzip_ratio"), np.float32, rel,
                                              "gzip_ratio"))
+                        add_parts(batch.column("band"), rel)
                         st.num_bytes += batch.nbytes
                         st.rows += batch.num_rows
     all_ratios = np.concatenate(ratios) if ratios else np.zeros(0, np.float32)
     return PartitionStats(name, band, nca, splits, all_ratios, counts, head, candidates,
-                          accepted)
+                          accepted, np.concatenate(parts) if mixed and parts else
+                          (np.zeros(0, np.int8) if mixed else None))
 
 
 def _numpy(arr, dtype, rel: str, column: str) -> np.ndarray:
@@ -230,8 +254,8 @@ def scan_build(out_dir: str, quick: bool = False) -> tuple[dict, list[PartitionS
         nca = partition_config(manifest, int(p["states"]))
         files = {split: [f for f in on_disk if f.startswith(f"data/{name}/{split}-")]
                  for split in SPLITS if p["splits"].get(split, {}).get("shards")}
-        part = scan_partition(out_dir, name, Band(float(p["lo"]), float(p["hi"])), nca, files,
-                              quick)
+        band = Mix.parse(p["band"]) if "mix" in p else Band(float(p["lo"]), float(p["hi"]))
+        part = scan_partition(out_dir, name, band, nca, files, quick)
         cross_check(part, p, manifest["shards"])
         parts.append(part)
     return manifest, parts
@@ -258,10 +282,15 @@ def cross_check(part: PartitionStats, entry: dict, shards: dict) -> None:
                             f"the files")
     if (part.candidates, part.accepted) != (entry["candidates"], entry["accepted"]):
         raise CardError(f"{part.name}: the manifest's candidate counts differ from the shards' own")
-    inside = part.band.mask(part.ratios)
-    if not inside.all():
-        raise CardError(f"{part.name}: {int((~inside).sum())} rows have a gzip ratio outside "
-                        f"the band {part.band}")
+    for k, (name, band) in enumerate(part.components):
+        mine = part.ratios if part.parts is None else part.ratios[part.parts == k]
+        inside = band.mask(mine)
+        if not inside.all():
+            raise CardError(f"{part.name}: {int((~inside).sum())} rows of {name} have a gzip "
+                            f"ratio outside the band {band}")
+        if "mix" in entry and mine.size != entry["mix"][k]["rows"]:
+            raise CardError(f"{part.name}: the manifest says {entry['mix'][k]['rows']:,} rows of "
+                            f"{name}, the Parquet files hold {mine.size:,}")
     if part.ratios.size and part.samples:
         stored = part.ratios[0]  # the first train row's, since train is read first
         if gzip_ratio_of_row(part.samples[0], part.nca) != stored:
