@@ -100,6 +100,18 @@ def test_load_a_config_by_repo_id(hub, builds, tmp_path):
     assert served_data(hub) - before == 64  # every file of the config, from the stand-in
 
 
+def test_preview_config_images_by_repo_id(hub, builds, tmp_path):
+    """The viewer's preview config: images that decode, from the stand-in, one set per config."""
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    ds = load_dataset(REPO, "preview", split="train", cache_dir=str(tmp_path / "cache"))
+    local = pq.read_table(builds["a"] / "preview" / "train-00000-of-00001.parquet").to_pydict()
+    assert ds["rule_seed"] == local["rule_seed"] and set(ds["band"]) == {"band_30_40", "band_50_100"}
+    image = ds[0]["image"]
+    assert image.size[0] > 0 and image.size[1] > 0  # a PIL image, decoded by datasets
+
+
 def test_default_config_has_no_name(hub, builds, tmp_path):
     from datasets import load_dataset
 
