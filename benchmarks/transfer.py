@@ -79,10 +79,10 @@ class Setting:
 
 SETTINGS = {
     "tiny": Setting(layers=1, hidden=32, heads=2, states=10, nca_seq_len=380, code_seq_len=128,
-                    batch=4, stage1_steps=15, stage2_steps=30, eval_every=10, eval_windows=16,
+                    batch=4, stage1_steps=8, stage2_steps=30, eval_every=10, eval_windows=16,
                     seeds=3, warmup=5, max_files=200),
     "cpu": Setting(layers=2, hidden=64, heads=4, states=10, nca_seq_len=380, code_seq_len=256,
-                   batch=8, stage1_steps=300, stage2_steps=300, eval_every=25, eval_windows=64,
+                   batch=8, stage1_steps=150, stage2_steps=300, eval_every=25, eval_windows=64,
                    seeds=3),
     "gpu": Setting(layers=4, hidden=256, heads=4, states=10, nca_seq_len=1024, code_seq_len=1024,
                    batch=32, stage1_steps=3000, stage2_steps=3000, eval_every=100,
@@ -139,15 +139,15 @@ def held_out_windows(tokens: torch.Tensor, count: int, seq_len: int) -> torch.Te
 
 # NCA data -------------------------------------------------------------------------------------
 def nca_batches(cfg: NCAConfig, band: str, rows: int, batch: int, seed: int):
-    """Batches of NCA rows of a band or mixture (first grid carries no loss), generated live."""
+    """Batches of NCA rows of a band or mixture (first grid carries no loss), in stream order.
+
+    All rows are generated before the first batch, so that generation's threads are done before
+    training's start (on a small machine the two would fight over the cores)."""
     stream = NCAStream(cfg, band, seed=seed, rows=rows, shard_rows=min(rows, 256))
-    buf = []
-    for row in stream:
-        buf.append(torch.as_tensor(np.asarray(row["input_ids"]), dtype=torch.long))
-        if len(buf) == batch:
-            ids = torch.stack(buf)  # (B, seq_len)
-            yield {"input_ids": ids, "labels": first_grid_labels(ids, cfg)}
-            buf = []
+    ids = torch.stack([torch.as_tensor(np.asarray(r["input_ids"]), dtype=torch.long)
+                       for r in stream])  # (rows, seq_len)
+    return iter([{"input_ids": b, "labels": first_grid_labels(b, cfg)}
+                 for b in ids.split(batch) if len(b) == batch])
 
 
 # model and training ---------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def train(model, batches, steps: int, s: Setting, eval_fn=None) -> tuple[list[fl
 def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor) -> dict:
     """One arm and seed: optional stage 1, re-initialised vocabulary, stage 2 with evaluation."""
     source = ARMS[arm]
-    t0 = time.perf_counter()
+    t0 = t_gen = time.perf_counter()
     stage1 = []
     if source is None:
         model = llama(BYTE_VOCAB, s, seed)
@@ -229,6 +229,7 @@ def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor
             cfg = NCAConfig(states=s.states, seq_len=s.nca_seq_len)
             body = llama(cfg.vocab_size, s, seed)
             data = nca_batches(cfg, source, s.stage1_steps * s.batch, s.batch, seed)
+        t_gen = time.perf_counter()
         stage1, _ = train(body, data, s.stage1_steps, s)
         model = reinit_vocab(body, BYTE_VOCAB, s, seed + 20_000)
     t1 = time.perf_counter()
@@ -236,7 +237,7 @@ def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor
                           s.stage2_steps, s, lambda m: held_out_loss(m, windows))
     return {"arm": arm, "seed": seed, "stage1_loss": stage1, "stage2_loss": stage2,
             "held_out": {str(k): v for k, v in evals.items()},
-            "seconds": {"stage1": t1 - t0, "stage2": time.perf_counter() - t1}}
+            "seconds": {"data": t_gen - t0, "stage1": t1 - t_gen, "stage2": time.perf_counter() - t1}}
 
 
 # summary --------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def run(setting: str, seeds: int | None = None, arms: list[str] | None = None,
             r = run_arm(arm, seed, s, corpus, windows)
             final = r["held_out"][str(s.stage2_steps)]
             log(f"seed {seed} {arm:12s} held-out {r['held_out']['0']:.3f} -> {final:.3f}  "
-                f"({r['seconds']['stage1']:.0f} s + {r['seconds']['stage2']:.0f} s)")
+                "({data:.0f} s data, {stage1:.0f} s stage 1, {stage2:.0f} s stage 2)".format(**r["seconds"]))
             runs.append(r)
     return {"setting": setting, "config": dataclasses.asdict(s), "arms": arms, "seeds": seeds,
             "stage1_data": {a: ARMS[a] for a in arms},
