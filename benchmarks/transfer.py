@@ -221,6 +221,7 @@ def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor
     stage1 = []
     if source is None:
         model = llama(BYTE_VOCAB, s, seed)
+        t_gen = time.perf_counter()
     else:
         if source == "code":
             body = llama(BYTE_VOCAB, s, seed)
@@ -237,7 +238,7 @@ def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor
                           s.stage2_steps, s, lambda m: held_out_loss(m, windows))
     return {"arm": arm, "seed": seed, "stage1_loss": stage1, "stage2_loss": stage2,
             "held_out": {str(k): v for k, v in evals.items()},
-            "seconds": {"data": t_gen - t0, "stage1": t1 - t_gen, "stage2": time.perf_counter() - t1}}
+            "seconds": {"data": t_gen - t0,  # data and model building "stage1": t1 - t_gen, "stage2": time.perf_counter() - t1}}
 
 
 # summary --------------------------------------------------------------------------------------
