@@ -19,6 +19,7 @@ ends on with that seed. A table is printed; `--out` writes everything as JSON
 (`notebooks/04_transfer.ipynb` plots it).
 
     python benchmarks/transfer.py --setting cpu --out benchmarks/results/transfer_cpu.json
+    python benchmarks/transfer.py --setting gpu --device cuda --out transfer_gpu.json
 """
 
 from __future__ import annotations
@@ -178,27 +179,28 @@ def reinit_vocab(body, vocab: int, s: Setting, seed: int):
 
 @torch.no_grad()
 def held_out_loss(model, windows: torch.Tensor, batch: int = 16) -> float:
-    """Mean next-byte loss over the held-out windows (N, L)."""
+    """Mean next-byte loss over the held-out windows (N, L), on the model's device."""
     model.eval()
-    total = 0.0
+    total, device = 0.0, next(model.parameters()).device
     for i in range(0, len(windows), batch):
-        ids = windows[i:i + batch]
+        ids = windows[i:i + batch].to(device)
         total += model(input_ids=ids, labels=ids).loss.item() * len(ids)
     model.train()
     return total / len(windows)
 
 
-def train(model, batches, steps: int, s: Setting, eval_fn=None) -> tuple[list[float], dict]:
+def train(model, batches, steps: int, s: Setting, device: str,
+          eval_fn=None) -> tuple[list[float], dict]:
     """AdamW with linear warmup for `steps` batches; returns the training losses and, if
     `eval_fn` is given, {step: held-out loss} at step 0 and every `eval_every` steps."""
-    model.train()
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(s.warmup, 1)))
     losses, evals = [], {}
     if eval_fn is not None:
         evals[0] = eval_fn(model)
     for step, batch in enumerate(batches, start=1):
-        loss = model(**batch).loss
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -214,7 +216,8 @@ def train(model, batches, steps: int, s: Setting, eval_fn=None) -> tuple[list[fl
     return losses, evals
 
 
-def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor) -> dict:
+def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor,
+            device: str = "cpu") -> dict:
     """One arm and seed: optional stage 1, re-initialised vocabulary, stage 2 with evaluation."""
     source = ARMS[arm]
     t0 = t_gen = time.perf_counter()
@@ -231,14 +234,15 @@ def run_arm(arm: str, seed: int, s: Setting, corpus: dict, windows: torch.Tensor
             body = llama(cfg.vocab_size, s, seed)
             data = nca_batches(cfg, source, s.stage1_steps * s.batch, s.batch, seed)
         t_gen = time.perf_counter()
-        stage1, _ = train(body, data, s.stage1_steps, s)
-        model = reinit_vocab(body, BYTE_VOCAB, s, seed + 20_000)
+        stage1, _ = train(body, data, s.stage1_steps, s, device)
+        model = reinit_vocab(body.cpu(), BYTE_VOCAB, s, seed + 20_000)
     t1 = time.perf_counter()
     stage2, evals = train(model, code_batches(corpus["train"], s.batch, s.code_seq_len, seed),
-                          s.stage2_steps, s, lambda m: held_out_loss(m, windows))
+                          s.stage2_steps, s, device, lambda m: held_out_loss(m, windows))
     return {"arm": arm, "seed": seed, "stage1_loss": stage1, "stage2_loss": stage2,
             "held_out": {str(k): v for k, v in evals.items()},
-            "seconds": {"data": t_gen - t0,  # data and model building "stage1": t1 - t_gen, "stage2": time.perf_counter() - t1}}
+            "seconds": {"data": t_gen - t0, "stage1": t1 - t_gen,  # data: model building included
+                        "stage2": time.perf_counter() - t1}}
 
 
 # summary --------------------------------------------------------------------------------------
@@ -297,7 +301,7 @@ def machine() -> dict:
 
 
 def run(setting: str, seeds: int | None = None, arms: list[str] | None = None,
-        log=print) -> dict:
+        device: str = "cpu", log=print) -> dict:
     """Every arm over every seed of a setting; returns the JSON-ready results."""
     s = SETTINGS[setting]
     seeds = list(range(s.seeds if seeds is None else seeds))
@@ -310,12 +314,13 @@ def run(setting: str, seeds: int | None = None, arms: list[str] | None = None,
     runs = []
     for seed in seeds:
         for arm in arms:
-            r = run_arm(arm, seed, s, corpus, windows)
+            r = run_arm(arm, seed, s, corpus, windows, device)
             final = r["held_out"][str(s.stage2_steps)]
             log(f"seed {seed} {arm:12s} held-out {r['held_out']['0']:.3f} -> {final:.3f}  "
                 "({data:.0f} s data, {stage1:.0f} s stage 1, {stage2:.0f} s stage 2)".format(**r["seconds"]))
             runs.append(r)
     return {"setting": setting, "config": dataclasses.asdict(s), "arms": arms, "seeds": seeds,
+            "device": device,
             "stage1_data": {a: ARMS[a] for a in arms},
             "corpus": {"root": sysconfig.get_paths()["stdlib"],
                        "train_bytes": len(corpus["train"]), "held_out_bytes": len(corpus["held_out"])},
@@ -329,17 +334,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--setting", choices=sorted(SETTINGS), default="tiny")
     p.add_argument("--seeds", type=int, help="number of seeds (default: the setting's)")
     p.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)} (scratch required)")
+    p.add_argument("--device", default="cpu", help="torch device for training (NCA rows are "
+                   "generated on the CPU)")
     p.add_argument("--out", help="write the results JSON here")
     args = p.parse_args(argv)
     arms = args.arms.split(",") if args.arms else None
     if arms and set(arms) - set(ARMS):
         p.error(f"unknown arms: {', '.join(sorted(set(arms) - set(ARMS)))}")
+    if arms and "scratch" not in arms:
+        p.error("--arms must include scratch, the baseline")
     if args.seeds is not None and args.seeds < 1:
         p.error("--seeds must be >= 1")
-    try:
-        results = run(args.setting, args.seeds, arms)
-    except ValueError as e:
-        p.error(str(e))
+    results = run(args.setting, args.seeds, arms, args.device)
     print(table(results["summary"], every=max(1, len(results["summary"]["scratch"]["steps"]) // 6)))
     if args.out:
         from ncagen.storage import Storage
