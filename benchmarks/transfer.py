@@ -113,14 +113,9 @@ def load_corpus(max_files: int | None = None) -> dict[str, torch.Tensor]:
     parts = {"train": [], "held_out": []}
     for path in stdlib_files(max_files):
         split = "held_out" if is_held_out(path.relative_to(root).as_posix()) else "train"
-        parts[split] += [path.read_bytes(), bytes([0])]  # placeholder byte for the separator
-    out = {}
-    for split, chunks in parts.items():
-        data = np.frombuffer(b"".join(chunks), np.uint8).astype(np.int64)
-        ends = np.cumsum([len(c) for c in chunks]) - 1  # the placeholders' positions
-        data[ends[1::2]] = SEPARATOR
-        out[split] = torch.from_numpy(data)
-    return out
+        parts[split] += [np.frombuffer(path.read_bytes(), np.uint8), [SEPARATOR]]
+    return {split: torch.from_numpy(np.concatenate(chunks).astype(np.int64))
+            for split, chunks in parts.items()}
 
 
 def code_batches(tokens: torch.Tensor, batch: int, seq_len: int, seed: int):
