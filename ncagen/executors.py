@@ -115,13 +115,14 @@ class RayExecutor:
         self.cfg, self.started, self.opts, self.device, self.fallback = cfg, False, {}, "cpu", False
         self.out = cfg.out if "://" in cfg.out else os.path.abspath(cfg.out)  # jobs run elsewhere
         self.view: dict = {}
+        self.private = False  # a Ray of our own (started by setup), not a cluster we joined
 
     def setup(self, todo: int) -> None:
         """Start or join Ray; check the cluster against the build (nothing is written yet)."""
         import ray
 
         init = ray_init_kwargs(self.cfg)
-        private = init["address"] == "local"
+        private = self.private = init["address"] == "local"
         # a private Ray runs every task here, in this Python: without torch it has the CPU engine
         # only (on a cluster the GPU nodes need torch, the driver does not)
         gpu_engine = not private or installed("torch")
@@ -160,7 +161,7 @@ class RayExecutor:
         remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_shard)
         remote = remote.options(**self.opts)
         tally.expect.remote(len(tasks))
-        widen = self.started and self.device == "cpu"  # our own machine: nobody else's cores
+        widen = self.private and self.device == "cpu"  # our own Ray: nobody else's cores
         pending = {remote.remote(t, self.out, self.device, self.cfg.batch, tally,
                                  self.fallback, widen): t for t in tasks}
         refs = list(pending)
@@ -250,10 +251,14 @@ class Widener:
     def __call__(self) -> int:
         import ray
 
+        now = time.monotonic()
+        if now - self.asked < WIDEN_SECONDS:  # generate asks often: answer from memory
+            return self.value
+        self.asked = now
         if self.ref is not None and ray.wait([self.ref], timeout=0)[0]:
             self.value, self.ref = max(self.value, ray.get(self.ref)), None
-        if self.ref is None and time.monotonic() - self.asked >= WIDEN_SECONDS:
-            self.ref, self.asked = self.tally.width.remote(self.node, self.cpus), time.monotonic()
+        if self.ref is None:
+            self.ref = self.tally.width.remote(self.node, self.cpus)
         return self.value
 
 
