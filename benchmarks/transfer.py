@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from ncagen.config import NCAConfig  # noqa: E402
 from ncagen.stream import NCAStream  # noqa: E402
-from ncagen.train import first_grid_labels  # noqa: E402
+from ncagen.train import first_grid_labels, train_steps  # noqa: E402
 
 BYTE_VOCAB = 257  # 256 byte values and a separator between files
 SEPARATOR = 256
@@ -188,24 +188,15 @@ def train(model, batches, steps: int, s: Setting, device: str,
           eval_fn=None) -> tuple[list[float], dict]:
     """AdamW with linear warmup for `steps` batches; returns the training losses and, if
     `eval_fn` is given, {step: held-out loss} at step 0 and every `eval_every` steps."""
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(s.warmup, 1)))
-    losses, evals = [], {}
-    if eval_fn is not None:
-        evals[0] = eval_fn(model)
-    for step, batch in enumerate(batches, start=1):
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    model.to(device)  # before the step-0 evaluation
+    evals = {0: eval_fn(model)} if eval_fn is not None else {}
+
+    def evaluate(step: int, model) -> None:
         if eval_fn is not None and (step % s.eval_every == 0 or step == steps):
             evals[step] = eval_fn(model)
-        if step == steps:
-            break
+
+    losses = train_steps(model, batches, steps, lr=s.lr, device=device, warmup=s.warmup,
+                         after_step=evaluate)
     if len(losses) != steps:
         raise RuntimeError(f"stage data ran out after {len(losses)} of {steps} steps")
     return losses, evals

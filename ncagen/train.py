@@ -75,8 +75,10 @@ def load_split(path: str, config_name: str, split: str = "train", **kwargs):
 
 
 def train_steps(model, batches: Iterable[dict], steps: int, lr: float = 3e-3,
-                device: str = "cpu", warmup: int = 10) -> list[float]:
-    """A plain PyTorch loop: AdamW with linear warmup over (up to) `steps` batches; returns the losses."""
+                device: str = "cpu", warmup: int = 10, after_step=None) -> list[float]:
+    """A plain PyTorch loop: AdamW with linear warmup over (up to) `steps` batches; returns the
+    losses. `after_step(step, model)`, when given, runs after each step (1-based), e.g. to
+    evaluate."""
     import itertools
 
     torch = require("torch", "train", "train_steps")
@@ -94,6 +96,8 @@ def train_steps(model, batches: Iterable[dict], steps: int, lr: float = 3e-3,
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if after_step is not None:
+            after_step(len(losses), model)
     return losses
 
 
