@@ -176,6 +176,7 @@ class RayExecutor:
                     if task.path in running:
                         on_running(task, running[task.path])
         except BaseException:
+            _record_finished(pending, on_result)  # shards that finished beside the failure
             for ref in pending:
                 ray.cancel(ref, force=True)
             if pending:  # until the cancelled workers are gone, so their temp files can go too
@@ -190,6 +191,21 @@ class RayExecutor:
         if self.started:  # once: the build may close it early, beside the card
             self.started = False
             ray.shutdown()
+
+
+def _record_finished(pending: dict, on_result) -> None:
+    """Record the shards of `pending` whose tasks already returned, best effort: the build is
+    failing, and a shard written but not recorded would cost its resume a re-read (a shard that
+    finishes while the others are cancelled is still adopted then)."""
+    import contextlib
+
+    import ray
+
+    with contextlib.suppress(BaseException):
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in ready:
+            with contextlib.suppress(Exception):
+                on_result(pending[ref], ray.get(ref, timeout=0))
 
 
 def _private_token() -> None:

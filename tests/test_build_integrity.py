@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+import pyarrow.parquet as pq
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -207,14 +208,20 @@ def test_disk_full_inside_a_ray_worker_is_one_line_and_resumable(tmp_path):
         manifest = json.loads((out / "ncagen.json").read_text())
         before = shards(out)
         assert 1 <= len(before) < 10 and not manifest["complete"]
-        for rel, p in before.items():  # every file under a final name is a whole, recorded shard
-            assert manifest["shards"][rel]["sha256"] == sha(p)
+        recorded = {rel for rel in before if rel in manifest["shards"]}
+        for rel in recorded:  # a recorded shard is the file under its name
+            assert manifest["shards"][rel]["sha256"] == sha(before[rel])
+        for rel in set(before) - recorded:  # one that finished as the build went down:
+            assert pq.ParquetFile(before[rel]).metadata.num_rows == 150  # whole, to be adopted
         inodes = {rel: p.stat().st_ino for rel, p in before.items()}
+        digests = {rel: sha(p) for rel, p in before.items()}
         subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
         res = run(*args, env=env, timeout=300)
         assert res.returncode == 0, res.stderr
         after = shards(out)
         assert len(after) == 10 and all(after[r].stat().st_ino == i for r, i in inodes.items())
+        final = json.loads((out / "ncagen.json").read_text())["shards"]
+        assert all(final[rel]["sha256"] == d for rel, d in digests.items())  # kept, not rebuilt
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
