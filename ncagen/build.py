@@ -48,7 +48,8 @@ def check_output(store, cfg: BuildConfig) -> dict | None:
     if cfg.overwrite:
         return None
     if manifest.get("config") != cfg.identity():
-        raise ConfigError(f"output {store.url()} holds a build with a different config; "
+        raise ConfigError(f"output {store.url()} holds a build with a different config "
+                          f"({config_difference(manifest.get('config') or {}, cfg.identity())}); "
                           f"use --overwrite to replace it or choose another directory")
     theirs, ours = manifest.get("generator") or {}, describe()
     if theirs.get("fingerprint") != ours["fingerprint"]:
@@ -58,6 +59,20 @@ def check_output(store, cfg: BuildConfig) -> dict | None:
             f"{theirs.get('fingerprint', 'none')}; this is {ours['ncagen']}, {ours['fingerprint']}): "
             f"its rows may differ from this one's; rebuild it with --overwrite or use that version")
     return manifest
+
+
+def config_difference(theirs: dict, ours: dict) -> str:
+    """What differs between a recorded config and this build's, for the refusal's message:
+    `key: theirs here, ours now` for the first few keys (nca's fields one by one)."""
+    def flat(d: dict) -> dict:
+        return {**{k: v for k, v in d.items() if k != "nca"},
+                **{f"nca.{k}": v for k, v in (d.get("nca") or {}).items()}}
+
+    a, b = flat(theirs), flat(ours)
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    text = "; ".join(f"{k.removeprefix('nca.')}: {a.get(k, 'none')} there, {b.get(k, 'none')} now"
+                     for k in keys[:3])
+    return text + ("; ..." if len(keys) > 3 else "")
 
 
 def missing_partitions(store, tasks: list[ShardTask]) -> set[str]:

@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from .config import MAX_CONV_CHANNELS, MAX_HIDDEN, ConfigError, NCAConfig
-from .plan import AUTO, DEFAULT_SHARD_ROWS, BuildConfig
+from .plan import AUTO, BuildConfig
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
@@ -65,9 +65,9 @@ def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParse
     p.add_argument("--shared-fs", action="store_true", help="assert that a local --out is a shared "
                    "filesystem (NFS) mounted at the same path on every Ray node")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-rows", default=str(DEFAULT_SHARD_ROWS),
-                   help=f"rows per Parquet file (default {DEFAULT_SHARD_ROWS:,}), or {AUTO}: at "
-                   f"least 32 train and 8 validation files per config, each at most ~256 MB")
+    p.add_argument("--shard-rows", default=AUTO,
+                   help=f"rows per Parquet file, or {AUTO} (the default): 32 train and 8 "
+                   f"validation files per config (more, in multiples, to keep each under ~256 MB)")
     p.add_argument("--grid", type=int, default=d.grid)
     p.add_argument("--patch", type=int, default=d.patch)
     p.add_argument("--seq-len", type=int, default=d.seq_len)

@@ -14,25 +14,40 @@ from dataclasses import dataclass, field
 from .config import Band, ConfigError, Mix, NCAConfig, config_name, parse_partition
 
 SPLITS = ("train", "validation")
-DEFAULT_SHARD_ROWS = 100_000  # ~400 MB of int32 tokens before compression
-AUTO = "auto"  # --shard-rows auto: rows per file from the split's size (auto_shard_rows)
+AUTO = "auto"  # --shard-rows auto (the default): rows per file from the split's size (auto_shard_rows)
+ENDLESS_SHARD_ROWS = 100_000  # rows per shard of an endless stream (no split size to cut by)
 # A split cut by `auto` has at least this many files, a multiple of it: every consumer of a
 # 32-way streaming job (ranks x DataLoader workers) gets data, and split_dataset_by_node deals
 # whole files; validation is read by fewer consumers (an 8-way evaluation).
 MIN_FILES = {"train": 32, "validation": 8}
 TARGET_FILE_BYTES = 256 * 10**6  # the largest file `auto` makes: the Hub handles 50-500 MB well
+MIN_FILE_BYTES = 500_000  # the smallest: a split too small for `min_files` such files has fewer
 BYTES_PER_TOKEN = 1.73  # of a shard, measured: 1.77 KB a row at seq_len 1024 (int32, zstd)
 MIX_TAG = 2**40 + 0x6D6978  # a mixture shard key's third part: no band's round(lo * 1e6) is it
+
+
+def stream_shard_rows(rows: int | None, seq_len: int, split: str = "train") -> int:
+    """Rows per shard of a stream given no shard_rows: a build's default (`auto`) for a bounded
+    stream, so `rows=N` yields the rows of `--rows N`; ENDLESS_SHARD_ROWS for an endless one."""
+    if rows is None:
+        return ENDLESS_SHARD_ROWS
+    return auto_shard_rows(rows, seq_len, MIN_FILES.get(split, 1))
 
 
 def auto_shard_rows(total_rows: int, seq_len: int, min_files: int) -> int:
     """Rows per file of a split of `total_rows`: the fewest files, a multiple of `min_files`,
     that keep every file under TARGET_FILE_BYTES; rows are cut down (floor) so that there are
-    at least that many files (a remainder of fewer than `min_files` rows makes one more)."""
+    at least that many files (a remainder of fewer than `min_files` rows makes one more).
+
+    A split too small to give `min_files` files of MIN_FILE_BYTES (a laptop's trial build) is
+    cut into fewer files of about that size instead, rows rounded up, so no file is a handful
+    of rows; such a split cannot feed a 32-way streaming job whole files either way."""
     assert min_files >= 1 and seq_len >= 1
     if total_rows < 1:
         return 1
     estimate = total_rows * seq_len * BYTES_PER_TOKEN
+    if estimate < min_files * MIN_FILE_BYTES:
+        return math.ceil(total_rows / max(1, int(estimate // MIN_FILE_BYTES)))
     files = min_files * max(1, math.ceil(estimate / (TARGET_FILE_BYTES * min_files)))
     return max(1, total_rows // files)
 
@@ -49,7 +64,7 @@ class BuildConfig:
     tokens: int | None = None  # or train tokens per partition
     val_rows: int | None = None
     val_fraction: float = 0.0
-    shard_rows: int | str = DEFAULT_SHARD_ROWS  # or AUTO
+    shard_rows: int | str = AUTO  # or rows per file
     seed: int = 0
     nca: NCAConfig = field(default_factory=NCAConfig)
     device: str = "auto"

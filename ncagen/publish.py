@@ -88,6 +88,7 @@ class Build:
     fsys: fs.FileSystem
     base: str  # root's path inside fsys
     files: tuple[DatasetFile, ...]  # to publish: folders (data, figures) first, the card last
+    release: str | None = None  # the release version its recipe names, if any
 
     @property
     def is_local(self) -> bool:
@@ -113,6 +114,7 @@ class PublishReport:
     commit: str | None  # id of the one commit created; None when the branch was up to date
     tag: str | None = None  # the tag asked for, which marks the branch's commit after the publish
     tag_created: bool = False  # False: the tag already marked that commit (or a dry run)
+    release: str | None = None  # the build's release version (its card names tag v<release>)
 
     @property
     def uploaded_bytes(self) -> int:
@@ -132,7 +134,9 @@ def load_build(out_dir: str | os.PathLike) -> Build:
     except (ImportError, OSError) as err:
         raise ValueError(f"cannot read {root}: {type(err).__name__}: {err}") from None
     check_complete(manifest, root)
-    return Build(root, fsys, base, tuple(match_manifest(files, manifest, root)))
+    release = manifest.get("release")
+    return Build(root, fsys, base, tuple(match_manifest(files, manifest, root)),
+                 release=str(release) if release else None)
 
 
 def read_manifest(fsys: fs.FileSystem, base: str, root: str) -> dict:
@@ -357,6 +361,7 @@ def publish(
             deleted=(),
             commit=None,
             tag=tag,
+            release=build.release,
         )
 
     from huggingface_hub.errors import HfHubHTTPError
@@ -449,6 +454,7 @@ def _publish(
         commit=commit,
         tag=tag,
         tag_created=tag is not None and not tagged,
+        release=build.release,
     )
 
 
@@ -599,6 +605,8 @@ def _human_bytes(n: int) -> str:
 
 def format_report(report: PublishReport) -> str:
     """Short human summary of a publish, for the CLI."""
+    from .recipe import release_tag
+
     files = f"{len(report.uploaded)} files ({_human_bytes(report.uploaded_bytes)})"
     if report.dry_run:
         lines = [
@@ -624,7 +632,12 @@ def format_report(report: PublishReport) -> str:
             lines.append(f"tagged {report.tag}: load this release with {pinned}")
         else:
             lines.append(f"tag {report.tag} already marks it: load this release with {pinned}")
+    elif report.release is not None:  # the card tells readers to pin this tag
+        lines.append(f"this build is release {report.release} and its card pins "
+                     f"revision=\"{release_tag(report.release)}\": publish again with "
+                     f"--tag {release_tag(report.release)} to create that tag")
     return "\n".join(lines)
+
 
 
 def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:

@@ -145,3 +145,8 @@ def _alphabets(alphabets) -> tuple:
             raise ConfigError(f"{where}: a mixture is repeated")
         pairs.extend((n, b) for b in parsed)
     return tuple(pairs)
+
+
+def release_tag(release: str) -> str:
+    """The tag a release is published under (`publish --tag`), as its card names it: v<version>."""
+    return release if release.startswith("v") else f"v{release}"

@@ -4,7 +4,9 @@
 seed, shard_rows) plans: shard i of a split has the key `build.plan` gives it, and its rows are
 `generate.generate`'s output for that key, so a stream and a build yield the same rows, shard by
 shard, in the same order. A stream is infinite by default (it keeps going over shard indices
-0, 1, 2, ...) or bounded (`rows=N`, the rows of a build with `--rows N`).
+0, 1, 2, ...) or bounded (`rows=N`, the rows of a build with `--rows N`). Without
+`shard_rows` a bounded stream cuts its shards as such a build does (`--shard-rows auto`), an
+endless one at ENDLESS_SHARD_ROWS.
 
 Shards are dealt round-robin over every consumer, (rank, DataLoader worker): shard i goes to
 consumer i % (world_size * num_workers), so no row is yielded twice. Keep shards small enough
@@ -47,7 +49,7 @@ import os
 import sys
 from typing import Iterator
 
-from .plan import DEFAULT_SHARD_ROWS, SPLITS, ShardTask, recorded_partitions, shard_key
+from .plan import SPLITS, ShardTask, recorded_partitions, shard_key, stream_shard_rows
 from .config import Band, ConfigError, Mix, NCAConfig, parse_partition
 from .config import config_name as name_of  # read_build's argument is called config_name
 from .generate import DEFAULT_BATCH, generate_parts
@@ -107,13 +109,14 @@ def even_quotas(shard_rows: list[int], world_size: int, workers: int) -> list[in
     return [min(held[r * workers + w] for r in range(world_size)) for w in range(workers)]
 
 
-def check_args(band: Band | Mix | str, rows: int | None, shard_rows: int, seed: int, split: str,
+def check_args(band: Band | Mix | str, rows: int | None, shard_rows: int | None, seed: int, split: str,
                start_shard: int) -> Band | Mix:
-    """Validate a stream's arguments; returns the band (or mixture) parsed."""
+    """Validate a stream's arguments; returns the band (or mixture) parsed. shard_rows None is
+    the default (`plan.stream_shard_rows`)."""
     band = parse_partition(band) if isinstance(band, str) else band
     if rows is not None and rows < 1:
         raise ConfigError(f"rows must be >= 1 or None (endless), got {rows}")
-    if shard_rows < 1:
+    if shard_rows is not None and shard_rows < 1:
         raise ConfigError(f"shard_rows must be >= 1, got {shard_rows}")
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
@@ -154,13 +157,14 @@ def limit_threads(threads: int) -> None:
 
 
 def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | Mix | str, seed: int = 0,
-                  rows: int | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
+                  rows: int | None = None, shard_rows: int | None = None,
                   split: str = "train", device: str = "cpu",
                   batch: int = DEFAULT_BATCH) -> Iterator[dict]:
     """Rows of the given shard indices, in order, for datasets.IterableDataset.from_generator."""
     from .threads import default_workers
 
     band = check_args(band, rows, shard_rows, seed, split, 0)
+    shard_rows = shard_rows or stream_shard_rows(rows, cfg.seq_len, split)
     info = loader_worker()
     if info is not None:
         worker_setup(max(1, default_workers() // info.num_workers))
@@ -175,13 +179,14 @@ def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | Mix | str, see
 
 
 def nca_iterable_dataset(cfg: NCAConfig, band: Band | Mix | str, seed: int = 0, rows: int | None = None,
-                         shard_rows: int = DEFAULT_SHARD_ROWS, split: str = "train",
+                         shard_rows: int | None = None, split: str = "train",
                          num_shards: int | None = None, device: str = "cpu"):
     """A datasets.IterableDataset of the stream; shards split over workers and nodes by datasets."""
     import datasets
 
     if (rows is None) == (num_shards is None):
         raise ConfigError("give exactly one of rows or num_shards (datasets needs a shard list)")
+    shard_rows = shard_rows or stream_shard_rows(rows, cfg.seq_len, split)
     count = math.ceil(rows / shard_rows) if rows is not None else num_shards
     features = datasets.Features({
         "input_ids": datasets.List(datasets.Value("int32")),

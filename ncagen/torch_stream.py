@@ -13,7 +13,7 @@ import torch
 
 from .config import Band, ConfigError, Mix, NCAConfig
 from .generate import DEFAULT_BATCH, generate_parts
-from .plan import DEFAULT_SHARD_ROWS, ShardTask
+from .plan import ShardTask, stream_shard_rows
 from .stream import (check_args, even_quotas, limit_threads, manifest_file_rows, read_build,
                      row_dicts, shard_tasks, worker_setup)
 
@@ -31,7 +31,7 @@ class NCAStream(torch.utils.data.IterableDataset):
     """The rows of a build, generated live and dealt shard by shard over ranks and workers."""
 
     def __init__(self, cfg: NCAConfig, band: Band | Mix | str, seed: int = 0, *, rows: int | None = None,
-                 shard_rows: int = DEFAULT_SHARD_ROWS, split: str = "train", start_shard: int = 0,
+                 shard_rows: int | None = None, split: str = "train", start_shard: int = 0,
                  rank: int | None = None, world_size: int | None = None, even_ranks: bool = True,
                  device: str = "cpu", batch: int = DEFAULT_BATCH, threads: int | None = None):
         super().__init__()
@@ -42,6 +42,7 @@ class NCAStream(torch.utils.data.IterableDataset):
             rank, world_size = distributed_rank()
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        shard_rows = shard_rows or stream_shard_rows(rows, cfg.seq_len, split)  # as a build cuts it
         self.cfg, self.seed, self.rows, self.shard_rows = cfg, seed, rows, shard_rows
         self.split, self.start_shard, self.rank, self.world_size = split, start_shard, rank, world_size
         self.even_ranks, self.device, self.batch, self.threads = even_ranks, device, batch, threads

@@ -589,3 +589,15 @@ def test_bad_tags_are_one_line_with_status_2(case, hub, build, capsys):
     if case != "a branch":
         assert new == []
     assert hub.repos == {} or hub.repo(REPO).tags == {}
+
+
+def test_a_release_published_without_its_tag_says_which_tag_its_card_pins(hub, build, capsys):
+    manifest = json.loads((build / MANIFEST).read_text())
+    (build / MANIFEST).write_text(json.dumps({**manifest, "release": "1.0"}))
+
+    assert main([str(build), "--repo", REPO]) == 0
+    out = capsys.readouterr().out
+    assert 'release 1.0 and its card pins revision="v1.0"' in out and "--tag v1.0" in out
+    assert hub.repo(REPO).tags == {}  # a hint, not a tag nobody asked for
+    assert main([str(build), "--repo", REPO, "--tag", "v1.0"]) == 0
+    assert "its card pins" not in capsys.readouterr().out

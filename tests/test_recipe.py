@@ -9,8 +9,8 @@ import pytest
 
 from ncagen.cli import build_main
 from ncagen.config import Band, ConfigError
-from ncagen.plan import (AUTO, BYTES_PER_TOKEN, MIN_FILES, TARGET_FILE_BYTES, BuildConfig,
-                         auto_shard_rows, plan)
+from ncagen.plan import (AUTO, BYTES_PER_TOKEN, MIN_FILE_BYTES, MIN_FILES, TARGET_FILE_BYTES,
+                         BuildConfig, auto_shard_rows, plan)
 from ncagen.recipe import load_recipe, recipe_config
 
 TINY = {
@@ -28,15 +28,48 @@ def _files(total: int, size: int) -> int:
     return -(-total // size)
 
 
+@pytest.fixture
+def no_file_floor(monkeypatch):
+    """Cut a tiny split as `auto` cuts a release's (32 + 8 files): the size floor that gives a
+    small split fewer files is off, so these tests exercise the release's cut in seconds."""
+    import ncagen.plan
+
+    monkeypatch.setattr(ncagen.plan, "MIN_FILE_BYTES", 0)
+
+
 @pytest.mark.parametrize("total, seq_len, split, want", [
     (160_000, 1024, "train", 5_000),  # the release: 32 files of ~9 MB (164M tokens cannot fill 32 x 50 MB)
     (4_096, 1024, "validation", 512),
-    (100, 1024, "train", 3),  # floor: 34 files, the last of 1 row, so every consumer gets data
-    (10, 1024, "train", 1),  # fewer rows than files: one row a file
+    (20_000, 1024, "train", 625),  # the README's first build: 32 files of ~1.1 MB
     (0, 1024, "validation", 1),
 ])
 def test_auto_shard_rows(total, seq_len, split, want):
     assert auto_shard_rows(total, seq_len, MIN_FILES[split]) == want
+
+
+@pytest.mark.parametrize("total, seq_len, want", [
+    (5_000, 1024, 295),  # 8.9 MB: 17 files of >= 0.5 MB (rows rounded up), not 32 of 0.28 MB
+    (1_500, 380, 1_500),  # under 1 MB: one file
+    (40, 380, 40),
+])
+def test_a_small_split_gets_fewer_files_of_at_least_the_floor(total, seq_len, want):
+    size = auto_shard_rows(total, seq_len, 32)
+    assert size == want
+    files = _files(total, size)
+    assert files < 32 and (files == 1 or size * seq_len * BYTES_PER_TOKEN >= MIN_FILE_BYTES)
+
+
+@pytest.mark.parametrize("total, want", [
+    (100, 3),  # floor: 34 files, the last of 1 row, so every consumer gets data
+    (10, 1),  # fewer rows than files: one row a file
+])
+def test_auto_shard_rows_without_the_floor(no_file_floor, total, want):
+    assert auto_shard_rows(total, 1024, 32) == want
+
+
+def test_the_default_is_auto():
+    cfg = BuildConfig(out="/tmp/unused", rows=20_000)
+    assert cfg.shard_rows == AUTO and len([t for t in plan(cfg) if t.split == "train"]) == 32
 
 
 @pytest.mark.parametrize("total", [1_000_000, 5_000_000, 40_000_000])
@@ -49,7 +82,7 @@ def test_auto_shard_rows_large_splits_stay_under_the_target(total):
     assert fewer < 32 or total / fewer * 1024 * BYTES_PER_TOKEN > TARGET_FILE_BYTES
 
 
-def test_plan_with_auto_and_pairs():
+def test_plan_with_auto_and_pairs(no_file_floor):
     cfg = BuildConfig(out="/tmp/unused", executor="local", **recipe_config(TINY))
     tasks = plan(cfg)
     names = {t.config_name for t in tasks}
@@ -136,7 +169,7 @@ def _digests(root):
             for p in sorted(root.glob("data/*/*.parquet"))}
 
 
-def test_recipe_builds_the_same_files_twice(tmp_path, capsys):
+def test_recipe_builds_the_same_files_twice(tmp_path, capsys, no_file_floor):
     from ncagen.stream import NCAStream, read_build
 
     recipe = _recipe(tmp_path)
@@ -153,6 +186,7 @@ def test_recipe_builds_the_same_files_twice(tmp_path, capsys):
     card = (a / "README.md").read_text()  # the card names the release, its changes, the recipe
     release = card[card.index("### Release"):card.index("### Load a pinned version")]
     assert "release **0.0-test**" in release and "**1.0**" in release and "Rebuilding it" in release
+    assert 'revision="v0.0-test")' in card  # the pinned load names this release's tag
     assert f"--recipe {recipe}" in card and "`partitions` | n=10 0.5-1.0, n=15 0.4-0.5" in card
     # rerunning the recipe resumes (nothing to do); the stream replays a partition's rows
     assert build_main(["--recipe", recipe, "--out", str(a), "--executor", "local"]) == 0

@@ -88,3 +88,20 @@ def test_the_notebook_plots_the_results(results, monkeypatch):
     text = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert "| scratch |" in text and "setting tiny" in text
+
+
+def test_the_card_cites_the_recorded_cpu_run():
+    """The card's transfer paragraph (ncagen/templates/transfer.md) quotes the committed run's
+    final losses: rerunning the benchmark into the JSON without updating the card fails here."""
+    recorded = json.loads((ROOT / "benchmarks/results/transfer_cpu.json").read_text())
+    text = " ".join((ROOT / "ncagen/templates/transfer.md").read_text().split())
+    said = {"scratch": "scratch", "nca_30_40": "after band 0.3-0.4",
+            "nca_mix": "after a 50/50 mixture of 0.3-0.4 and 0.5-1.0",
+            "nca_50_100": "after band 0.5-1.0", "code_warmup": "after a compute-matched warm-up on the code itself"}
+    for arm, words in said.items():
+        s = recorded["summary"][arm]
+        assert f"{words} {s['mean'][-1]:.3f} ({s['std'][-1]:.3f})" in text, arm
+    cfg = recorded["config"]
+    assert f"{cfg['layers']}-layer, {cfg['hidden']}-wide" in text
+    assert f"for {cfg['stage1_steps']} steps" in text and f"for {cfg['stage2_steps']} steps" in text
+    assert f"over {len(recorded['seeds'])} seeds" in text

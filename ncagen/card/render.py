@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import Band, Mix, NCAConfig, parse_partition
+from ..recipe import release_tag
 from ..shards import PREVIEW_DIR
 from .figures import BANDS_FIGURE, STRIP_GRIDS, figure_paths
 from .preview import FEATURES as PREVIEW_FEATURES
@@ -307,6 +308,7 @@ def render_card(manifest: dict, parts: list[PartitionStats], *, repo_id: str = D
         total_rows=f"{sum(p.rows for p in parts):,}",
         total_tokens=f"{sum(p.tokens for p in parts):,}",
         configs_table=configs_table(parts), repo_id=repo_id, default_config=default.name,
+        pinned_tag=release_tag(str(manifest['release'])) if manifest.get('release') else 'v1.0',
         tokens_per_grid=nca.tokens_per_grid, patches_per_grid=nca.patches_per_grid,
         seq_len=nca.seq_len, seq_len_minus_one=nca.seq_len - 1, vocab_size=f"{nca.vocab_size:,}",
         vocab_id=nca.vocab_size,
@@ -321,7 +323,8 @@ def render_card(manifest: dict, parts: list[PartitionStats], *, repo_id: str = D
         acceptance_table=acceptance_table(parts),
         bands_figure=bands_markdown(parts) if figures else "",
         command=manifest.get("command") or "(not recorded)",
-        release=release_text(manifest, parts))
+        release=release_text(manifest, parts),
+        transfer=(TEMPLATES / "transfer.md").read_text(encoding="utf-8").rstrip())
 
 
 def release_text(manifest: dict, parts: list[PartitionStats]) -> str:
