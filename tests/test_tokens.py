@@ -53,3 +53,22 @@ def test_render_strip_size():
     grids = np.random.default_rng(0).integers(0, 10, (3, 12, 12)).astype(np.uint8)
     img = render_strip(grids, 10, scale=4, gap=2)
     assert img.size == (3 * 48 + 2 * 2, 48)
+
+
+def test_alphabets_share_one_cached_encoder(tmp_path):
+    """Processes that encode different alphabets leave one compiled encoder in numba's disk
+    cache, not one per alphabet under the same symbol name (loading two such entries into one
+    process could crash it); a third process then encodes both alphabets from the cache."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    code = ("import numpy as np, sys; from ncagen.tokens import encode_grids\n"
+            "for n in map(int, sys.argv[1:]):\n"
+            "    print(int(encode_grids(np.ones((3, 12, 12), np.uint8), n, 2)[2, 35]))")
+    outs = [subprocess.run([sys.executable, "-c", code, *ns], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for ns in (["10"], ["15"], ["10", "15"])]
+    assert outs == [["1111"], ["3616"], ["1111", "3616"]]
+    entries = [p.name for p in tmp_path.rglob("tokens.*.nbc")]
+    assert len(entries) == 1, entries
