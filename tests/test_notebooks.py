@@ -36,3 +36,20 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_executed(path):
+    """The committed notebook shows its results without running anything: every code cell ran,
+    in order, with no error, its figures are inline, and no temporary path leaked into it
+    (`python notebooks/execute.py` after changing a notebook)."""
+    book = nbformat.read(path, as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    text = "".join(o.get("text", "") + "".join(v for k, v in o.get("data", {}).items()
+                                               if k.startswith("text/")) for o in outputs)
+    assert not [junk for junk in ("/tmp", str(ROOT), "site-packages") if junk in text]
+    assert path.stat().st_size < 2_000_000
