@@ -12,7 +12,9 @@ never depends on its batch.
 Two engines compute the same arithmetic in the same order (so they agree bit for bit):
 - the CPU kernel (`ncagen.kernel`): numba code generated for one network shape; the rows of a
   batch are shared out over threads (the kernel releases the GIL);
-- `_advance_torch`: batched elementwise torch ops, for CUDA (or any torch device).
+- `_advance_torch`: batched elementwise torch ops, for CUDA (or any torch device). Under the
+  internal device name TORCH_CPU it runs on the CPU: a stand-in for a GPU, so that tests and
+  benchmarks on a machine without one take the device path of `ncagen.generate` (its pipeline).
 Both sum the 3x3 conv one window row at a time, h1 = ((b1 + r_top) + r_mid) + r_bottom with
 r = (T[left] + T[centre]) + T[right], so the CPU engine can look each row's sum up in a per-rule
 table indexed by the row's three states (3 lookups per channel instead of 9). The CPU engine
@@ -35,6 +37,7 @@ from .threads import pool
 
 NEAR_TIE = 41.0  # in units of tau: above the widest gap a Gumbel draw can close (39.7)
 TRIPLE_TABLE_STATES = 16  # up to this alphabet the CPU engine tabulates whole row triples
+TORCH_CPU = "torch-cpu"  # internal device name: the torch engine on the CPU, standing in for a GPU
 
 
 def init_state(rule_seeds: np.ndarray, sims: np.ndarray, cfg: NCAConfig) -> np.ndarray:
@@ -124,7 +127,7 @@ def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: 
                    cfg: NCAConfig, out: np.ndarray, rec_offset: int, device: str) -> np.ndarray:
     torch = require("torch", "gpu", "the torch rollout engine")
 
-    dev = torch.device(device)
+    dev = torch.device("cpu" if device == TORCH_CPU else device)
     tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
     T1, b1, W2, b2, W3, b3 = (tt(a) for a in (params.offset_table(), params.b1, params.w2,
                                              params.b2, params.w3, params.b3))
