@@ -12,15 +12,18 @@ never depends on its batch.
 Two engines compute the same arithmetic in the same order (so they agree bit for bit):
 - the CPU kernel (`ncagen.kernel`): numba code generated for one network shape; the rows of a
   batch are shared out over threads (the kernel releases the GIL);
-- `_advance_torch`: batched elementwise torch ops, for CUDA (or any torch device). Under the
-  internal device name TORCH_CPU it runs on the CPU: a stand-in for a GPU, so that tests and
-  benchmarks on a machine without one take the device path of `ncagen.generate` (its pipeline).
+- `_advance_torch`: batched elementwise torch ops, for CUDA (or any torch device).
 Both sum the 3x3 conv one window row at a time, h1 = ((b1 + r_top) + r_mid) + r_bottom with
 r = (T[left] + T[centre]) + T[right], so the CPU engine can look each row's sum up in a per-rule
 table indexed by the row's three states (3 lookups per channel instead of 9). The CPU engine
 also skips work that cannot change the outcome: a grid that maps to itself with no near-tie
 cell is fixed forever (later grids are copies).
 `reference_logits` is the spec's network written with conv2d, for tests.
+
+Two internal device names stand in for a GPU, so that tests and benchmarks on a machine without
+one take the device path of `ncagen.generate` (its pipeline); no build accepts them:
+TORCH_CPU runs the torch engine (the CUDA code) on the CPU, CPU_DEVICE the CPU kernel on one
+thread (a rollout stage about as fast as the gzip stage, so the two can be seen to overlap).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from .threads import pool
 
 NEAR_TIE = 41.0  # in units of tau: above the widest gap a Gumbel draw can close (39.7)
 TRIPLE_TABLE_STATES = 16  # up to this alphabet the CPU engine tabulates whole row triples
-TORCH_CPU = "torch-cpu"  # internal device name: the torch engine on the CPU, standing in for a GPU
+TORCH_CPU = "torch-cpu"  # stand-in device: the torch engine on the CPU
+CPU_DEVICE = "cpu-device"  # stand-in device: the CPU kernel on one thread
 
 
 def init_state(rule_seeds: np.ndarray, sims: np.ndarray, cfg: NCAConfig) -> np.ndarray:
@@ -95,7 +99,8 @@ def advance(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1
     state = np.ascontiguousarray(state, np.uint8)
     tau = float(cfg.temperature)
     thr = np.float32(NEAR_TIE * tau)
-    if device == "cpu":
+    if device in ("cpu", CPU_DEVICE):
+        threads = 1 if device == CPU_DEVICE else threads  # one core, the others for the ratios
         state = state.copy()
         biased = bool(params.b1.any() or params.b2.any() or params.b3.any())  # spec: all zero
         kernel = load_kernel(cfg.states, params.b1.shape[1], params.b2.shape[1], cfg.grid,

@@ -1,6 +1,7 @@
 """The device pipeline of `generate`: rollouts on a device thread, ratios and assembly on a unit
 thread. Run with the torch engine on the CPU standing in for the GPU (rollout.TORCH_CPU), its
-rows are the CPU engine's, byte for byte, and the two stages do overlap."""
+rows are the CPU engine's, byte for byte, and the two stages do overlap; so with the CPU kernel
+on one thread as the device (rollout.CPU_DEVICE)."""
 
 import threading
 import time
@@ -13,7 +14,7 @@ pytest.importorskip("torch")
 from ncagen import generate as gen  # noqa: E402
 from ncagen.config import Band, NCAConfig  # noqa: E402
 from ncagen.generate import ShardStats, generate, generate_parts  # noqa: E402
-from ncagen.rollout import TORCH_CPU, resolve_device  # noqa: E402
+from ncagen.rollout import CPU_DEVICE, TORCH_CPU, resolve_device  # noqa: E402
 
 
 def _rows(batches) -> dict:
@@ -37,11 +38,12 @@ def test_pipelined_torch_rows_equal_cpu_rows(cfg, band, rows, batch):
     assert cpu_stats.accepted >= rows and dev_stats.accepted >= rows
 
 
-def test_pipelined_mixture_equals_cpu_mixture():
+@pytest.mark.parametrize("device", [TORCH_CPU, CPU_DEVICE])
+def test_pipelined_mixture_equals_cpu_mixture(device):
     cfg = NCAConfig()
     parts = [(Band(0.3, 0.4), 3, 6), (Band(0.5, 1.0), 4, 10)]
     cpu = _rows(generate_parts(cfg, parts, device="cpu", batch=16))
-    dev = _rows(generate_parts(cfg, parts, device=TORCH_CPU, batch=16))
+    dev = _rows(generate_parts(cfg, parts, device=device, batch=16))
     for k in cpu:
         assert np.array_equal(cpu[k], dev[k]), k
 
@@ -56,7 +58,8 @@ def test_a_shard_stopped_early_leaves_the_pipeline_usable():
         assert np.array_equal(first[k], again[k]), k
 
 
-def test_device_rollouts_overlap_the_ratios(monkeypatch):
+@pytest.mark.parametrize("device", [TORCH_CPU, CPU_DEVICE])
+def test_device_rollouts_overlap_the_ratios(monkeypatch, device):
     spans: list[tuple[str, str, float, float]] = []  # (stage, thread, start, end)
 
     def timed(stage, fn, pause=0.0):
@@ -72,7 +75,7 @@ def test_device_rollouts_overlap_the_ratios(monkeypatch):
     monkeypatch.setattr(gen.complexity, "gzip_ratios",
                         timed("gzip", gen.complexity.gzip_ratios, pause=0.2))
     cfg = NCAConfig(seq_len=500)
-    _rows(generate(cfg, Band(0.0, 1.0), 9, 24, device=TORCH_CPU, batch=8))
+    _rows(generate(cfg, Band(0.0, 1.0), 9, 24, device=device, batch=8))
     rollouts = [s for s in spans if s[0] == "rollout"]
     ratios = [s for s in spans if s[0] == "gzip"]
     assert rollouts and all(s[1].startswith("ncagen-device") for s in rollouts)
@@ -81,6 +84,7 @@ def test_device_rollouts_overlap_the_ratios(monkeypatch):
     assert any(overlap(r, g) for r in rollouts for g in ratios), spans
 
 
-def test_the_stand_in_device_is_not_a_build_device():
+@pytest.mark.parametrize("device", [TORCH_CPU, CPU_DEVICE])
+def test_the_stand_in_devices_are_not_build_devices(device):
     with pytest.raises(ValueError):
-        resolve_device(TORCH_CPU)
+        resolve_device(device)

@@ -1,0 +1,109 @@
+"""Throughput of the torch rollout engine on a GPU: candidates/s and tokens/s at a GPU's batch.
+
+    python benchmarks/bench_gpu.py [--device cuda] [--batch 32768] [--states 10]
+                                   [--temperature 1e-4 --temperature 0.02] [--repeat 3]
+
+For each temperature, `--repeat` times (medians printed), on one batch of fresh candidates:
+  head      `rollout_tokens` to the first ratio_grids grids, what every candidate costs before
+            the gzip filter: rule sampling and initial grids (CPU), the rollout (device),
+            patch tokens (CPU); as candidates/s
+  step      `rollout.advance` alone over the same steps (the device's share), candidates/s
+  sequence  `rollout_tokens` of whole sequences (grids_per_sequence), as tokens/s of rows
+and the peak GPU memory. At temperature 0.02 most cells are near ties and take the Gumbel draw
+(the spec's 1e-4 has few), so it is the engine's slow case. Without CUDA it exits with status 2
+and says so; `--device torch-cpu` (rollout.TORCH_CPU, the same torch code on the CPU) with a
+small batch checks the script itself anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def measure(cfg, batch: int, device: str, key: int) -> dict:
+    """Seconds of the head, the bare step loop and whole sequences for one batch."""
+    import numpy as np
+
+    from ncagen.generate import _params_for, candidate_seeds, rollout_tokens
+    from ncagen.rollout import advance, init_state, noise_keys
+
+    seeds, sims = candidate_seeds(key, 0, batch, cfg.sims_per_rule)
+    R, K = cfg.ratio_grids, cfg.grids_per_sequence
+    head = timed(lambda: rollout_tokens(cfg, seeds, sims, R, device), device)
+    params, state, keys = _params_for(seeds, cfg), init_state(seeds, sims, cfg), noise_keys(seeds, sims)
+    out = np.empty((batch, R, cfg.grid, cfg.grid), np.uint8)
+    step = timed(lambda: advance(params, state, keys, 0, cfg.record_time(R - 1), cfg, out,
+                                 device=device), device)
+    whole = timed(lambda: rollout_tokens(cfg, seeds, sims, K, device), device)
+    return dict(head=head, step=step, whole=whole)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", help="cuda[:i] (default) or torch-cpu")
+    ap.add_argument("--batch", type=int, default=32_768)
+    ap.add_argument("--states", type=int, default=10)
+    ap.add_argument("--temperature", type=float, action="append",
+                    help="repeatable (default: the spec's 1e-4, then 0.02)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from ncagen.config import NCAConfig
+    from ncagen.rollout import TORCH_CPU
+
+    if args.device != TORCH_CPU and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        print(f"bench_gpu: --device {args.device} needs a visible CUDA GPU and there is none "
+              f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device "
+              f"{TORCH_CPU} with a small --batch to check the script on a CPU", file=sys.stderr)
+        return 2
+    gpu = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "none"
+    print(f"device {args.device} (GPU: {gpu}), torch {torch.__version__}, {os.cpu_count()} cores; "
+          f"batch {args.batch:,}, states {args.states}", flush=True)
+    for tau in args.temperature or [NCAConfig().temperature, 0.02]:
+        cfg = NCAConfig(states=args.states, temperature=tau)
+        measure(cfg, min(args.batch, 256), args.device, key=1)  # warm up: kernels, allocator
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(args.device)
+        runs = [measure(cfg, args.batch, args.device, key=100 + r) for r in range(args.repeat)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        peak = (torch.cuda.max_memory_allocated(args.device) / 2**30
+                if args.device.startswith("cuda") else float("nan"))
+        B, R, K = args.batch, cfg.ratio_grids, cfg.grids_per_sequence
+        heads = ", ".join(f"{r['head']:.3f}" for r in runs)
+        print(f"temperature {tau:g} (median of {args.repeat}; {R} grids a head, {K} a sequence):\n"
+              f"  head      {med['head']:.3f} s  ->  {B / med['head']:,.0f} candidates/s\n"
+              f"  step      {med['step']:.3f} s  ->  {B / med['step']:,.0f} candidates/s "
+              f"(device share {med['step'] / med['head']:.0%})\n"
+              f"  sequence  {med['whole']:.3f} s  ->  {B * cfg.seq_len / med['whole'] / 1e6:.2f}M "
+              f"tokens/s ({B / med['whole']:,.0f} rows/s)\n"
+              f"  runs      head {heads} s; "
+              f"peak GPU memory {peak:.2f} GiB", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
