@@ -1,7 +1,7 @@
 """Throughput of the torch rollout engine on a GPU: candidates/s and tokens/s at a GPU's batch.
 
     python benchmarks/bench_gpu.py [--device cuda] [--batch 32768] [--states 10]
-                                   [--temperature 1e-4 --temperature 0.02] [--repeat 3]
+                                   [--temperature 1e-4 --temperature 0.02] [--repeat 3] [--compile]
 
 For each temperature, `--repeat` times (medians printed), on one batch of fresh candidates:
   head      `rollout_tokens` to the first ratio_grids grids, what every candidate costs before
@@ -9,6 +9,9 @@ For each temperature, `--repeat` times (medians printed), on one batch of fresh 
             patch tokens (CPU); as candidates/s
   step      `rollout.advance` alone over the same steps (the device's share), candidates/s
   sequence  `rollout_tokens` of whole sequences (grids_per_sequence), as tokens/s of rows
+  compiled  with --compile: the step loop with the opt-in fused network
+            (`rollout.compiled_network`, torch.compile), and whether its grids equal the eager
+            step's bit for bit (the compile itself happens in the warm-up, untimed)
 and the peak GPU memory. At temperature 0.02 most cells are near ties and take the Gumbel draw
 (the spec's 1e-4 has few), so it is the engine's slow case. Without CUDA it exits with status 2
 and says so; `--device torch-cpu` (rollout.TORCH_CPU, the same torch code on the CPU) with a
@@ -42,12 +45,13 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def measure(cfg, batch: int, device: str, key: int) -> dict:
-    """Seconds of the head, the bare step loop and whole sequences for one batch."""
+def measure(cfg, batch: int, device: str, key: int, compiled: bool) -> dict:
+    """Seconds of the head, the bare step loop and whole sequences for one batch; with
+    `compiled`, of the compiled step loop too and whether its grids are the eager ones."""
     import numpy as np
 
     from ncagen.generate import _params_for, candidate_seeds, rollout_tokens
-    from ncagen.rollout import advance, init_state, noise_keys
+    from ncagen.rollout import _advance_torch, advance, init_state, noise_keys
 
     seeds, sims = candidate_seeds(key, 0, batch, cfg.sims_per_rule)
     R, K = cfg.ratio_grids, cfg.grids_per_sequence
@@ -57,7 +61,12 @@ def measure(cfg, batch: int, device: str, key: int) -> dict:
     step = timed(lambda: advance(params, state, keys, 0, cfg.record_time(R - 1), cfg, out,
                                  device=device), device)
     whole = timed(lambda: rollout_tokens(cfg, seeds, sims, K, device), device)
-    return dict(head=head, step=step, whole=whole)
+    if not compiled:
+        return dict(head=head, step=step, whole=whole)
+    fused = np.empty_like(out)
+    fast = timed(lambda: _advance_torch(params, state, keys, 0, cfg.record_time(R - 1), cfg, fused,
+                                        0, device, compiled=True), device)
+    return dict(head=head, step=step, whole=whole, compiled=fast, equal=np.array_equal(out, fused))
 
 
 def main(argv=None) -> int:
@@ -68,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, action="append",
                     help="repeatable (default: the spec's 1e-4, then 0.02)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the opt-in compiled step and check it against the eager one")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
@@ -85,11 +96,12 @@ def main(argv=None) -> int:
           f"batch {args.batch:,}, states {args.states}", flush=True)
     for tau in args.temperature or [NCAConfig().temperature, 0.02]:
         cfg = NCAConfig(states=args.states, temperature=tau)
-        measure(cfg, min(args.batch, 256), args.device, key=1)  # warm up: kernels, allocator
+        measure(cfg, min(args.batch, 256), args.device, 1, args.compile)  # warm up; compiles
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(args.device)
-        runs = [measure(cfg, args.batch, args.device, key=100 + r) for r in range(args.repeat)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        runs = [measure(cfg, args.batch, args.device, 100 + r, args.compile)
+                for r in range(args.repeat)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "equal"}
         peak = (torch.cuda.max_memory_allocated(args.device) / 2**30
                 if args.device.startswith("cuda") else float("nan"))
         B, R, K = args.batch, cfg.ratio_grids, cfg.grids_per_sequence
@@ -102,6 +114,11 @@ def main(argv=None) -> int:
               f"tokens/s ({B / med['whole']:,.0f} rows/s)\n"
               f"  runs      head {heads} s; "
               f"peak GPU memory {peak:.2f} GiB", flush=True)
+        if args.compile:
+            same = all(r["equal"] for r in runs)
+            print(f"  compiled  {med['compiled']:.3f} s  ->  {B / med['compiled']:,.0f} candidates/s "
+                  f"({med['step'] / med['compiled']:.2f}x the eager step); grids equal to the eager "
+                  f"step's: {'yes' if same else 'NO'}", flush=True)
     return 0
 
 

@@ -4,7 +4,7 @@
 #     bash benchmarks/gpu_check.sh
 #
 # Steps, most important first, each under its own `timeout`, all of them together within
-# GPU_CHECK_BUDGET seconds (default 460: a step gets what is left, and is skipped under 15 s):
+# GPU_CHECK_BUDGET seconds (default 480: a step gets what is left, and is skipped under 15 s):
 #   nvidia_smi        the GPU, its driver and memory
 #   env               versions; fails when torch sees no CUDA GPU or a dependency is missing
 #   pytest_gpu        tests/test_gpu.py (CUDA rows == CPU rows, through the pipeline too) and
@@ -16,6 +16,8 @@
 #                     cuda` (164M tokens), timed; the dataset goes to a temp folder, removed after
 #   pipeline_30_40    as pipeline_50_100, band 0.3-0.4 (fewer tails, more gzip per row)
 #   fidelity          benchmarks/fidelity.py --device cuda at 2,000 rows a side
+#   compiled_step     bench_gpu.py --compile: the opt-in torch.compile'd step, its speed against
+#                     the eager step and whether its grids equal the eager ones bit for bit
 # Every step's output goes to stdout and to $OUT/<step>.log ($OUT if set, else
 # /tmp/ncagen-gpu-check); $OUT/summary.txt lists each step's exit status and seconds.
 # Nothing is installed: the machine needs this repository's dependencies (`pip install -e
@@ -25,7 +27,7 @@ set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 LOGS="${OUT:-/tmp/ncagen-gpu-check}"
-BUDGET="${GPU_CHECK_BUDGET:-460}"
+BUDGET="${GPU_CHECK_BUDGET:-480}"
 PY="${PYTHON:-python}"
 CORES="$(nproc)"
 SCRATCH="$(mktemp -d /tmp/ncagen-gpu-check.XXXXXX)"
@@ -86,7 +88,9 @@ find "$SCRATCH" -name ncagen.json -size -2M -exec cp {} "$LOGS/build_164M_manife
 rm -rf "$SCRATCH/band_50_100"
 step pipeline_30_40 60 "$PY" benchmarks/bench_pipeline.py --device cuda --band 0.3-0.4 \
     --rows 20000 --batch 32768 --threads "$CORES" --repeat 2
-step fidelity 120 "$PY" benchmarks/fidelity.py --device cuda --rows 2000 --binary-rows 4000
+step fidelity 100 "$PY" benchmarks/fidelity.py --device cuda --rows 2000 --binary-rows 4000
+step compiled_step 150 "$PY" benchmarks/bench_gpu.py --device cuda --batch 32768 --repeat 2 \
+    --compile --temperature 1e-4 --temperature 0.02
 
 echo "=== summary (${SECONDS} s in all; logs in $LOGS)"
 cat "$LOGS/summary.txt"
