@@ -20,8 +20,9 @@
 #                     the eager step and whether its grids equal the eager ones bit for bit
 # Every step's output goes to stdout and to $OUT/<step>.log ($OUT if set, else
 # /tmp/ncagen-gpu-check); $OUT/summary.txt lists each step's exit status and seconds.
-# Nothing is installed: the machine needs this repository's dependencies (`pip install -e
-# ".[test]"`, with a CUDA build of torch); the env step says what is missing.
+# PYTHON picks the interpreter (default python). Nothing is installed: the machine needs this
+# repository's dependencies (`pip install -e ".[test]"`, with a CUDA build of torch); the env
+# step says what is missing. On a machine without a GPU every step after env fails fast.
 
 set -u
 cd "$(dirname "$0")/.."
