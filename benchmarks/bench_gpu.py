@@ -5,8 +5,10 @@
 
 For each temperature, `--repeat` times (medians printed), on one batch of fresh candidates:
   head      `rollout_tokens` to the first ratio_grids grids, what every candidate costs before
-            the gzip filter: rule sampling and initial grids (CPU), the rollout (device),
-            patch tokens (CPU); as candidates/s
+            the gzip filter: rule sampling and initial grids (CPU, on every core, as the
+            pipeline's device thread does), the rollout (device), patch tokens (CPU); as
+            candidates/s
+  prep      the rule sampling and initial grids alone (`generate.fresh_candidates`)
   step      `rollout.advance` alone over the same steps (the device's share), candidates/s
   sequence  `rollout_tokens` of whole sequences (grids_per_sequence), as tokens/s of rows
   compiled  with --compile: the step loop with the opt-in fused network
@@ -50,23 +52,27 @@ def measure(cfg, batch: int, device: str, key: int, compiled: bool) -> dict:
     `compiled`, of the compiled step loop too and whether its grids are the eager ones."""
     import numpy as np
 
-    from ncagen.generate import _params_for, candidate_seeds, rollout_tokens
-    from ncagen.rollout import _advance_torch, advance, init_state, noise_keys
+    from ncagen.generate import candidate_seeds, fresh_candidates, rollout_tokens
+    from ncagen.rollout import _advance_torch, advance, noise_keys
+    from ncagen.threads import default_workers
 
     seeds, sims = candidate_seeds(key, 0, batch, cfg.sims_per_rule)
-    R, K = cfg.ratio_grids, cfg.grids_per_sequence
-    head = timed(lambda: rollout_tokens(cfg, seeds, sims, R, device), device)
-    params, state, keys = _params_for(seeds, cfg), init_state(seeds, sims, cfg), noise_keys(seeds, sims)
+    R, K, cores = cfg.ratio_grids, cfg.grids_per_sequence, default_workers()
+    head = timed(lambda: rollout_tokens(cfg, seeds, sims, R, device, threads=cores), device)
+    t0 = time.perf_counter()
+    params, state = fresh_candidates(cfg, seeds, sims, cores)
+    prep, keys = time.perf_counter() - t0, noise_keys(seeds, sims)
     out = np.empty((batch, R, cfg.grid, cfg.grid), np.uint8)
     step = timed(lambda: advance(params, state, keys, 0, cfg.record_time(R - 1), cfg, out,
                                  device=device), device)
-    whole = timed(lambda: rollout_tokens(cfg, seeds, sims, K, device), device)
+    whole = timed(lambda: rollout_tokens(cfg, seeds, sims, K, device, threads=cores), device)
     if not compiled:
-        return dict(head=head, step=step, whole=whole)
+        return dict(head=head, prep=prep, step=step, whole=whole)
     fused = np.empty_like(out)
     fast = timed(lambda: _advance_torch(params, state, keys, 0, cfg.record_time(R - 1), cfg, fused,
                                         0, device, compiled=True), device)
-    return dict(head=head, step=step, whole=whole, compiled=fast, equal=np.array_equal(out, fused))
+    return dict(head=head, prep=prep, step=step, whole=whole, compiled=fast,
+                equal=np.array_equal(out, fused))
 
 
 def main(argv=None) -> int:
@@ -108,6 +114,7 @@ def main(argv=None) -> int:
         heads = ", ".join(f"{r['head']:.3f}" for r in runs)
         print(f"temperature {tau:g} (median of {args.repeat}; {R} grids a head, {K} a sequence):\n"
               f"  head      {med['head']:.3f} s  ->  {B / med['head']:,.0f} candidates/s\n"
+              f"  prep      {med['prep']:.3f} s  (rules and initial grids on the cores)\n"
               f"  step      {med['step']:.3f} s  ->  {B / med['step']:,.0f} candidates/s "
               f"(device share {med['step'] / med['head']:.0%})\n"
               f"  sequence  {med['whole']:.3f} s  ->  {B * cfg.seq_len / med['whole'] / 1e6:.2f}M "

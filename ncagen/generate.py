@@ -11,7 +11,9 @@ every rollout (the head rollouts of the candidates, the tail rollouts of the acc
 the order they are asked for), the unit thread the rest (gzip and zstd ratios on the cores,
 the band filter, sequence assembly). While the cores work on unit k the device rolls unit k+1
 out; the unit thread hands unit k's tail to the device and computes its zstd ratios meanwhile.
-At most PIPELINE_UNITS units are in flight. Each unit's columns are the same pure function of
+The device thread samples a unit's rules and initial grids on every core first
+(`fresh_candidates`): on one core they would take longer than the GPU's rollout. At most
+PIPELINE_UNITS units are in flight. Each unit's columns are the same pure function of
 its candidates on either path, and units are consumed in candidate order, so rows do not depend
 on the pipeline.
 
@@ -32,14 +34,15 @@ import numpy as np
 from . import complexity, rng
 from .config import Band, NCAConfig
 from .rollout import advance, cpu_threads, init_state, noise_keys
-from .rules import sample_rules
-from .threads import pool
+from .rules import RuleParams, sample_rules
+from .threads import default_workers, pool
 from .tokens import encode_grids, to_sequence
 
 DEFAULT_BATCH = 1024  # candidates per unit of work on the CPU (a GPU wants far more)
 SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before giving up
 LOOKAHEAD = 2  # units queued per CPU thread beyond the ones running
 PIPELINE_UNITS = 3  # on a device: one unit on the cores, one on the device, one queued behind it
+PREP_CHUNK = 1024  # fewest candidates a thread samples rules and initial grids for
 MIX_CHUNK = 1024  # rows of a mixture shard assembled at a time (rows do not depend on it)
 
 
@@ -80,16 +83,32 @@ def _params_for(rule_seeds: np.ndarray, cfg: NCAConfig):
     return sample_rules(uniq, cfg).subset(inverse)
 
 
+def fresh_candidates(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, threads: int = 1):
+    """(rule parameters, initial grids) of candidates, the batch split over up to `threads`
+    threads. A device's unit needs this: its rules alone take a core about a second per 32,768
+    candidates, which would hold the device up. Each row is a pure function of its own seeds,
+    so the split does not change it."""
+    parts = max(1, min(threads, len(rule_seeds) // PREP_CHUNK))
+    if parts == 1:
+        return _params_for(rule_seeds, cfg), init_state(rule_seeds, sims, cfg)
+    cuts = [len(rule_seeds) * k // parts for k in range(parts + 1)]
+    done = list(pool(parts, "ncagen-prep").map(
+        lambda lo, hi: fresh_candidates(cfg, rule_seeds[lo:hi], sims[lo:hi]), cuts[:-1], cuts[1:]))
+    return RuleParams.concat([p for p, _ in done]), np.concatenate([s for _, s in done])
+
+
 def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, grids: int,
                    device: str = "cpu", start=None, threads: int | None = None):
     """Roll candidates out and return (patch tokens (B, grids, P), final state, params).
 
     With `start=(params, state, t, done)` the rollout continues from a previous call that
-    recorded `done` grids and ended at step t.
+    recorded `done` grids and ended at step t. `threads` threads sample the rules and roll out
+    on the CPU engine (default: numba's count); on a device, rules only (default: one).
     """
     B, G = len(rule_seeds), cfg.grid
     if start is None:
-        params, state, t0, done = _params_for(rule_seeds, cfg), init_state(rule_seeds, sims, cfg), 0, 0
+        params, state = fresh_candidates(cfg, rule_seeds, sims, threads or 1)
+        t0, done = 0, 0
     else:
         params, state, t0, done = start
     out = np.empty((B, grids - done, G, G), np.uint8)
@@ -148,7 +167,8 @@ def _device_unit(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.nd
     """Start one unit on a device: its head rollout queues on the device thread at once, the
     rest of it (`_filtered_rows`) on the unit thread, which sends the tail back to the device."""
     rollouts = pool(1, "ncagen-device")
-    head = rollouts.submit(rollout_tokens, cfg, rule_seeds, sims, cfg.ratio_grids, device)
+    head = rollouts.submit(rollout_tokens, cfg, rule_seeds, sims, cfg.ratio_grids, device,
+                           threads=threads or default_workers())
     unit = pool(1, "ncagen-unit").submit(_filtered_rows, cfg, band, rule_seeds, sims, device,
                                          threads, rollouts.submit, head)
     unit.add_done_callback(lambda f: f.cancelled() and head.cancel())  # dropped unseen: no rollout

@@ -75,7 +75,7 @@ def test_device_rollouts_overlap_the_ratios(monkeypatch, device):
     monkeypatch.setattr(gen.complexity, "gzip_ratios",
                         timed("gzip", gen.complexity.gzip_ratios, pause=0.2))
     cfg = NCAConfig(seq_len=500)
-    _rows(generate(cfg, Band(0.0, 1.0), 9, 24, device=device, batch=8))
+    _rows(generate(cfg, Band(0.0, 1.0), 9, 64, device=device, batch=8))  # 8 units
     rollouts = [s for s in spans if s[0] == "rollout"]
     ratios = [s for s in spans if s[0] == "gzip"]
     assert rollouts and all(s[1].startswith("ncagen-device") for s in rollouts)
@@ -88,3 +88,15 @@ def test_device_rollouts_overlap_the_ratios(monkeypatch, device):
 def test_the_stand_in_devices_are_not_build_devices(device):
     with pytest.raises(ValueError):
         resolve_device(device)
+
+
+@pytest.mark.parametrize("sims_per_rule", [1, 3])
+def test_fresh_candidates_do_not_depend_on_the_split(sims_per_rule):
+    # a device's unit samples its rules and initial grids on several threads
+    cfg = NCAConfig(sims_per_rule=sims_per_rule)
+    seeds, sims = gen.candidate_seeds(4, 0, 3 * gen.PREP_CHUNK + 50, sims_per_rule)
+    one_params, one_state = gen.fresh_candidates(cfg, seeds, sims, threads=1)
+    many_params, many_state = gen.fresh_candidates(cfg, seeds, sims, threads=3)
+    assert np.array_equal(one_state, many_state)
+    for k in ("w1", "b1", "w2", "b2", "w3", "b3"):
+        assert np.array_equal(getattr(one_params, k), getattr(many_params, k)), k
