@@ -12,10 +12,10 @@ the order they are asked for), the unit thread the rest (gzip and zstd ratios on
 the band filter, sequence assembly). While the cores work on unit k the device rolls unit k+1
 out; the unit thread hands unit k's tail to the device and computes its zstd ratios meanwhile.
 The device thread samples a unit's rules and initial grids on every core first
-(`fresh_candidates`): on one core they would take longer than the GPU's rollout. At most
-PIPELINE_UNITS units are in flight. Each unit's columns are the same pure function of
-its candidates on either path, and units are consumed in candidate order, so rows do not depend
-on the pipeline.
+(`fresh_candidates`): on one core they take about a second per 32,768 candidates, which could
+hold the device up. At most PIPELINE_UNITS units are in flight. Each unit's columns are the
+same pure function of its candidates on either path, and units are consumed in candidate
+order, so rows do not depend on the pipeline.
 
 A shard of a mixture (`generate_parts`) is several such shards, one per component band with
 its own key, interleaved row by row in the fixed order `mix_order` gives.
@@ -86,7 +86,7 @@ def _params_for(rule_seeds: np.ndarray, cfg: NCAConfig):
 def fresh_candidates(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, threads: int = 1):
     """(rule parameters, initial grids) of candidates, the batch split over up to `threads`
     threads. A device's unit needs this: its rules alone take a core about a second per 32,768
-    candidates, which would hold the device up. Each row is a pure function of its own seeds,
+    candidates, which could hold the device up. Each row is a pure function of its own seeds,
     so the split does not change it."""
     parts = max(1, min(threads, len(rule_seeds) // PREP_CHUNK))
     if parts == 1:
