@@ -5,7 +5,9 @@
 
 serial     the units one after another on one thread, as `generate` ran them on a device before
            the pipeline: head rollout, gzip ratios, tail rollout, zstd ratios, assembly; the
-           time in rollouts (device) and in the rest (cpu) is taken apart
+           time in rollouts (device) and in the rest (cpu) is taken apart. The rollouts are
+           this version's (a head samples its rules on --threads cores; before the pipeline
+           it used one), so the comparison isolates the pipeline
 pipelined  `generate` itself on the same device, for the same rows: rollouts on the device
            thread, the rest on the unit thread
 ideal      max(device, cpu): the best a two-stage pipeline can do
