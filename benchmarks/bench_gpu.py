@@ -12,8 +12,9 @@ For each temperature, `--repeat` times (medians printed), on one batch of fresh 
   step      `rollout.advance` alone over the same steps (the device's share), candidates/s
   sequence  `rollout_tokens` of whole sequences (grids_per_sequence), as tokens/s of rows
   compiled  with --compile: the step loop with the opt-in fused network
-            (`rollout.compiled_network`, torch.compile), and whether its grids equal the eager
-            step's bit for bit (the compile itself happens in the warm-up, untimed)
+            (`rollout.compiled_network`, torch.compile), and whether its grids, and its logits
+            of the first grids, equal the eager step's bit for bit (the compile itself happens
+            in the warm-up, untimed)
 and the peak GPU memory. At temperature 0.02 most cells are near ties and take the Gumbel draw
 (the spec's 1e-4 has few), so it is the engine's slow case. Without CUDA it exits with status 2
 and says so; `--device torch-cpu` (rollout.TORCH_CPU, the same torch code on the CPU) with a
@@ -47,6 +48,22 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
+def logits_equal(cfg, params, state, device: str) -> bool:
+    """Whether the compiled network's logits of the grids `state` are the eager ones, bit for bit
+    (a stricter test than the grids, which a 1-ulp difference rarely changes)."""
+    import numpy as np
+    import torch
+
+    from ncagen.rollout import TORCH_CPU, _neighbour_index, _network_torch, compiled_network
+
+    dev = torch.device("cpu" if device == TORCH_CPU else device)
+    weights = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (
+        params.offset_table(), params.b1, params.w2, params.b2, params.w3, params.b3)]
+    cur = torch.from_numpy(state).to(dev).long().reshape(len(state), -1)  # (B, G*G)
+    args = (*weights, cur, _neighbour_index(cfg.grid).to(dev), float(cfg.identity_bias))
+    return torch.equal(compiled_network()(*args), _network_torch(*args))
+
+
 def measure(cfg, batch: int, device: str, key: int, compiled: bool) -> dict:
     """Seconds of the head, the bare step loop and whole sequences for one batch; with
     `compiled`, of the compiled step loop too and whether its grids are the eager ones."""
@@ -72,7 +89,7 @@ def measure(cfg, batch: int, device: str, key: int, compiled: bool) -> dict:
     fast = timed(lambda: _advance_torch(params, state, keys, 0, cfg.record_time(R - 1), cfg, fused,
                                         0, device, compiled=True), device)
     return dict(head=head, prep=prep, step=step, whole=whole, compiled=fast,
-                equal=np.array_equal(out, fused))
+                equal=np.array_equal(out, fused), logits=logits_equal(cfg, params, state, device))
 
 
 def main(argv=None) -> int:
@@ -107,7 +124,8 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats(args.device)
         runs = [measure(cfg, args.batch, args.device, 100 + r, args.compile)
                 for r in range(args.repeat)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "equal"}
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]
+               if k not in ("equal", "logits")}
         peak = (torch.cuda.max_memory_allocated(args.device) / 2**30
                 if args.device.startswith("cuda") else float("nan"))
         B, R, K = args.batch, cfg.ratio_grids, cfg.grids_per_sequence
@@ -122,10 +140,10 @@ def main(argv=None) -> int:
               f"  runs      head {heads} s; "
               f"peak GPU memory {peak:.2f} GiB", flush=True)
         if args.compile:
-            same = all(r["equal"] for r in runs)
+            yes = lambda key: "yes" if all(r[key] for r in runs) else "NO"  # noqa: E731
             print(f"  compiled  {med['compiled']:.3f} s  ->  {B / med['compiled']:,.0f} candidates/s "
-                  f"({med['step'] / med['compiled']:.2f}x the eager step); grids equal to the eager "
-                  f"step's: {'yes' if same else 'NO'}", flush=True)
+                  f"({med['step'] / med['compiled']:.2f}x the eager step); equal to the eager "
+                  f"step's: grids {yes('equal')}, logits {yes('logits')}", flush=True)
     return 0
 
 
