@@ -6,6 +6,17 @@ are its first accepted candidates in candidate order, so they do not depend on t
 Each candidate is rolled out only as far as the gzip ratio needs (its first `ratio_grids`
 recorded grids); the rest of the sequence is rolled out for accepted candidates alone.
 
+On a device (a GPU) a unit is a pipeline of two stages on two threads: the device thread does
+every rollout (the head rollouts of the candidates, the tail rollouts of the accepted ones, in
+the order they are asked for), the unit thread the rest (gzip and zstd ratios on the cores,
+the band filter, sequence assembly). While the cores work on unit k the device rolls unit k+1
+out; the unit thread hands unit k's tail to the device and computes its zstd ratios meanwhile.
+The device thread samples a unit's rules and initial grids on every core first
+(`fresh_candidates`): on one core they take about a second per 32,768 candidates, which could
+hold the device up. At most PIPELINE_UNITS units are in flight. Each unit's columns are the
+same pure function of its candidates on either path, and units are consumed in candidate
+order, so rows do not depend on the pipeline.
+
 A shard of a mixture (`generate_parts`) is several such shards, one per component band with
 its own key, interleaved row by row in the fixed order `mix_order` gives.
 """
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import math
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -22,13 +34,15 @@ import numpy as np
 from . import complexity, rng
 from .config import Band, NCAConfig
 from .rollout import advance, cpu_threads, init_state, noise_keys
-from .rules import sample_rules
-from .threads import pool
+from .rules import RuleParams, sample_rules
+from .threads import default_workers, pool
 from .tokens import encode_grids, to_sequence
 
 DEFAULT_BATCH = 1024  # candidates per unit of work on the CPU (a GPU wants far more)
 SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before giving up
 LOOKAHEAD = 2  # units queued per CPU thread beyond the ones running
+PIPELINE_UNITS = 3  # on a device: one unit on the cores, one on the device, one queued behind it
+PREP_CHUNK = 1024  # fewest candidates a thread samples rules and initial grids for
 MIX_CHUNK = 1024  # rows of a mixture shard assembled at a time (rows do not depend on it)
 
 
@@ -69,16 +83,32 @@ def _params_for(rule_seeds: np.ndarray, cfg: NCAConfig):
     return sample_rules(uniq, cfg).subset(inverse)
 
 
+def fresh_candidates(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, threads: int = 1):
+    """(rule parameters, initial grids) of candidates, the batch split over up to `threads`
+    threads. A device's unit needs this: its rules alone take a core about a second per 32,768
+    candidates, which could hold the device up. Each row is a pure function of its own seeds,
+    so the split does not change it."""
+    parts = max(1, min(threads, len(rule_seeds) // PREP_CHUNK))
+    if parts == 1:
+        return _params_for(rule_seeds, cfg), init_state(rule_seeds, sims, cfg)
+    cuts = [len(rule_seeds) * k // parts for k in range(parts + 1)]
+    done = list(pool(parts, "ncagen-prep").map(
+        lambda lo, hi: fresh_candidates(cfg, rule_seeds[lo:hi], sims[lo:hi]), cuts[:-1], cuts[1:]))
+    return RuleParams.concat([p for p, _ in done]), np.concatenate([s for _, s in done])
+
+
 def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, grids: int,
                    device: str = "cpu", start=None, threads: int | None = None):
     """Roll candidates out and return (patch tokens (B, grids, P), final state, params).
 
     With `start=(params, state, t, done)` the rollout continues from a previous call that
-    recorded `done` grids and ended at step t.
+    recorded `done` grids and ended at step t. `threads` threads sample the rules and roll out
+    on the CPU engine (default: numba's count); on a device, rules only (default: one).
     """
     B, G = len(rule_seeds), cfg.grid
     if start is None:
-        params, state, t0, done = _params_for(rule_seeds, cfg), init_state(rule_seeds, sims, cfg), 0, 0
+        params, state = fresh_candidates(cfg, rule_seeds, sims, threads or 1)
+        t0, done = 0, 0
     else:
         params, state, t0, done = start
     out = np.empty((B, grids - done, G, G), np.uint8)
@@ -88,31 +118,61 @@ def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, gri
     return encode_grids(out, cfg.states, cfg.patch), state, params
 
 
+def _now(fn, *args, **kwargs) -> Future:
+    """Run fn here and now; its result as a finished Future (the CPU engine's `submit`)."""
+    future: Future = Future()
+    future.set_result(fn(*args, **kwargs))
+    return future
+
+
 def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
-                   device: str, threads: int | None) -> tuple[dict, np.ndarray]:
+                   device: str, threads: int | None, submit: Callable[..., Future] = _now,
+                   head: Future | None = None) -> tuple[dict, np.ndarray]:
     """One unit of work: (columns of the candidates whose gzip ratio lies in the band, every
-    candidate's ratio). On the CPU it runs on one thread (`threads` = 1) beside other units."""
+    candidate's ratio). On the CPU it runs on one thread (`threads` = 1) beside other units.
+
+    Rollouts go through `submit` (on a device: the device thread's queue), so the zstd ratios
+    are computed while the tail rolls out; `head`, when given, is the head rollout, already
+    submitted.
+    """
     R, K = cfg.ratio_grids, cfg.grids_per_sequence
-    head, state, params = rollout_tokens(cfg, rule_seeds, sims, R, device,
-                                         threads=threads)  # (B, R, P)
-    ratios = complexity.gzip_ratios(head, cfg.gzip_level, workers=threads)
+    if head is None:
+        head = submit(rollout_tokens, cfg, rule_seeds, sims, R, device, threads=threads)
+    tokens, state, params = head.result()  # (B, R, P)
+    ratios = complexity.gzip_ratios(tokens, cfg.gzip_level, workers=threads)
     keep = np.flatnonzero(band.mask(ratios))
-    head, seeds, sm = head[keep], rule_seeds[keep], sims[keep]
+    tokens, seeds, sm = tokens[keep], rule_seeds[keep], sims[keep]
+    tail = None
+    if len(keep) and K > R:
+        tail = submit(rollout_tokens, cfg, seeds, sm, K, device, threads=threads,
+                      start=(params.subset(keep), state[keep], cfg.record_time(R - 1), R))
+    zstd = complexity.zstd_ratios(tokens, cfg.zstd_level, workers=threads)
     if not len(keep):
         input_ids = np.zeros((0, cfg.seq_len), np.int32)
-    elif K > R:
-        tail, _, _ = rollout_tokens(cfg, seeds, sm, K, device, threads=threads,
-                                    start=(params.subset(keep), state[keep], cfg.record_time(R - 1), R))
-        input_ids = to_sequence(np.concatenate([head, tail], axis=1), cfg)
+    elif tail is not None:
+        input_ids = to_sequence(np.concatenate([tokens, tail.result()[0]], axis=1), cfg)
     else:
-        input_ids = to_sequence(head, cfg)
+        input_ids = to_sequence(tokens, cfg)
     return {
         "input_ids": input_ids,
         "gzip_ratio": ratios[keep],
-        "zstd_ratio": complexity.zstd_ratios(head, cfg.zstd_level, workers=threads),
+        "zstd_ratio": zstd,
         "rule_seed": seeds,
         "sim": sm.astype(np.int32),
     }, ratios
+
+
+def _device_unit(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
+                 device: str, threads: int | None) -> Future:
+    """Start one unit on a device: its head rollout queues on the device thread at once, the
+    rest of it (`_filtered_rows`) on the unit thread, which sends the tail back to the device."""
+    rollouts = pool(1, "ncagen-device")
+    head = rollouts.submit(rollout_tokens, cfg, rule_seeds, sims, cfg.ratio_grids, device,
+                           threads=threads or default_workers())
+    unit = pool(1, "ncagen-unit").submit(_filtered_rows, cfg, band, rule_seeds, sims, device,
+                                         threads, rollouts.submit, head)
+    unit.add_done_callback(lambda f: f.cancelled() and head.cancel())  # dropped unseen: no rollout
+    return unit
 
 
 def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str = "cpu",
@@ -124,9 +184,10 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
     The candidates are cut into units of `batch`. On the CPU, `threads` threads (default: one
     per core numba may use) work through the units (each unit on one thread), a few units ahead
     of the caller, so the cores stay busy while the caller handles what it was given (say,
-    writes it to Parquet). On a GPU one unit at a time goes to the device, with its gzip ratios
-    spread over `threads` cores. `width()`, when given, may raise the CPU thread count as the
-    shard runs (cores that other shards left idle); rows never depend on it.
+    writes it to Parquet). On a device the units go through the two-stage pipeline of the
+    module docstring, PIPELINE_UNITS at most in flight, with the ratios of each spread over
+    `threads` cores. `width()`, when given, may raise the CPU thread count as the shard runs
+    (cores that other shards left idle); rows never depend on it.
     """
     stats = stats if stats is not None else ShardStats()
     batch = max(1, min(batch, 2 * rows + 64))  # a few rows need no big unit (rows do not depend on it)
@@ -140,18 +201,21 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
         nonlocal workers
         if cpu and width is not None:
             workers = max(workers, width())
+        depth = workers * (1 + LOOKAHEAD) if cpu else PIPELINE_UNITS
         if not stats.candidates:
-            return workers
+            return workers if cpu else depth
         rate = max(stats.accepted / stats.candidates, 1e-3)
-        return min(workers * (1 + LOOKAHEAD), max(1, math.ceil((rows - done) / rate / batch)))
+        return min(depth, max(1, math.ceil((rows - done) / rate / batch)))
 
     try:
         while done < rows:
             while len(queue) < wanted():
                 seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
-                run = pool(workers, "ncagen-rows")  # a wider pool once width() grows
-                queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device,
-                                        1 if cpu else threads))
+                if cpu:
+                    run = pool(workers, "ncagen-rows")  # a wider pool once width() grows
+                    queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device, 1))
+                else:
+                    queue.append(_device_unit(cfg, band, seeds, sims, device, threads))
                 start += batch
             cols, ratios = queue.popleft().result()
             stats.add(ratios, len(cols["rule_seed"]))

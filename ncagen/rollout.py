@@ -19,9 +19,16 @@ table indexed by the row's three states (3 lookups per channel instead of 9). Th
 also skips work that cannot change the outcome: a grid that maps to itself with no near-tie
 cell is fixed forever (later grids are copies).
 `reference_logits` is the spec's network written with conv2d, for tests.
+
+Two internal device names stand in for a GPU, so that tests and benchmarks on a machine without
+one take the device path of `ncagen.generate` (its pipeline); no build accepts them:
+TORCH_CPU runs the torch engine (the CUDA code) on the CPU, CPU_DEVICE the CPU kernel on one
+thread (a rollout stage about as fast as the gzip stage, so the two can be seen to overlap).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
@@ -35,6 +42,8 @@ from .threads import pool
 
 NEAR_TIE = 41.0  # in units of tau: above the widest gap a Gumbel draw can close (39.7)
 TRIPLE_TABLE_STATES = 16  # up to this alphabet the CPU engine tabulates whole row triples
+TORCH_CPU = "torch-cpu"  # stand-in device: the torch engine on the CPU
+CPU_DEVICE = "cpu-device"  # stand-in device: the CPU kernel on one thread
 
 
 def init_state(rule_seeds: np.ndarray, sims: np.ndarray, cfg: NCAConfig) -> np.ndarray:
@@ -92,7 +101,8 @@ def advance(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1
     state = np.ascontiguousarray(state, np.uint8)
     tau = float(cfg.temperature)
     thr = np.float32(NEAR_TIE * tau)
-    if device == "cpu":
+    if device in ("cpu", CPU_DEVICE):
+        threads = 1 if device == CPU_DEVICE else threads  # one core, the others for the ratios
         state = state.copy()
         biased = bool(params.b1.any() or params.b2.any() or params.b3.any())  # spec: all zero
         kernel = load_kernel(cfg.states, params.b1.shape[1], params.b2.shape[1], cfg.grid,
@@ -120,19 +130,61 @@ def _neighbour_index(G: int):
     return torch.stack([c.reshape(-1) for c in cols], dim=1)  # (G*G, 9)
 
 
+def _network_torch(T1, b1, W2, b2, W3, b3, cur, nbr, identity_bias: float):
+    """The network on every cell of a batch: logits (B, GG, n) float32 from the cells' states
+    cur (B, GG) and the cells of each one's 3x3 window nbr (GG, 9), with every sum in the CPU
+    kernel's order, one rounded product and one rounded add at a time."""
+    import torch
+
+    nb = cur[:, nbr]  # (B, GG, 9)
+    B, GG = nb.shape[:2]
+    n, C1, H = T1.shape[2], T1.shape[3], W2.shape[1]
+    rows = torch.arange(B, device=nb.device)[:, None]  # (B, 1)
+    h1 = b1[:, None, :].expand(B, GG, C1)
+    for o in (0, 3, 6):  # one row of the 3x3 window at a time, as the CPU engine's table
+        row = T1[rows, o, nb[:, :, o]] + T1[rows, o + 1, nb[:, :, o + 1]]
+        h1 = h1 + (row + T1[rows, o + 2, nb[:, :, o + 2]])  # (B, GG, C1)
+    h2 = b2[:, None, :].expand(B, GG, H)
+    for c in range(C1):
+        h2 = h2 + W2[:, None, :, c] * h1[:, :, c, None]
+    h2 = torch.where(h2 > 0, h2, torch.zeros((), dtype=h2.dtype, device=h2.device))  # (B, GG, H)
+    lg = b3[:, None, :].expand(B, GG, n)
+    for j in range(H):
+        lg = lg + W3[:, None, :, j] * h2[:, :, j, None]  # (B, GG, n)
+    if identity_bias:
+        lg = lg + torch.nn.functional.one_hot(cur, n).to(lg.dtype) * np.float32(identity_bias)
+    return lg
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_network():
+    """`_network_torch` fused by torch.compile (opt-in: `_advance_torch(compiled=True)`).
+
+    Eager torch runs ~60 kernels a step, each writing a full (B, G*G, .) temporary; inductor
+    fuses them. `emulate_precision_casts` keeps Triton from contracting a product and the add
+    after it into one FMA (inductor's C++ backend never does), so the sums keep their rounding.
+    On the CPU its logits equal the eager ones bit for bit (tests/test_rollout_engines.py); on a
+    GPU `benchmarks/bench_gpu.py --compile` checks that before it times it.
+    """
+    import torch
+
+    return torch.compile(_network_torch, dynamic=True, options={"emulate_precision_casts": True})
+
+
 def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1: int,
-                   cfg: NCAConfig, out: np.ndarray, rec_offset: int, device: str) -> np.ndarray:
+                   cfg: NCAConfig, out: np.ndarray, rec_offset: int, device: str,
+                   compiled: bool = False) -> np.ndarray:
     torch = require("torch", "gpu", "the torch rollout engine")
 
-    dev = torch.device(device)
+    dev = torch.device("cpu" if device == TORCH_CPU else device)
     tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-    T1, b1, W2, b2, W3, b3 = (tt(a) for a in (params.offset_table(), params.b1, params.w2,
-                                             params.b2, params.w3, params.b3))
+    weights = [tt(a) for a in (params.offset_table(), params.b1, params.w2, params.b2, params.w3,
+                               params.b3)]
+    network = compiled_network() if compiled else _network_torch
     B, G, n = state.shape[0], cfg.grid, cfg.states
-    GG, C1, H, K = G * G, T1.shape[3], W2.shape[1], out.shape[1]
+    GG, K = G * G, out.shape[1]
     keys_t = tt(np.asarray(keys, np.uint64).view(np.int64))
     nbr = _neighbour_index(G).to(dev)
-    rows = torch.arange(B, device=dev)[:, None]  # (B, 1)
     cur = tt(state).long().reshape(B, GG)
     thr = torch.tensor(NEAR_TIE * cfg.temperature, dtype=torch.float32, device=dev)
     tau = float(cfg.temperature)
@@ -143,20 +195,7 @@ def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: 
                 out[:, k] = cur.to(torch.uint8).cpu().numpy().reshape(B, G, G)
         if t == t1:
             break
-        nb = cur[:, nbr]  # (B, GG, 9)
-        h1 = b1[:, None, :].expand(B, GG, C1)
-        for o in (0, 3, 6):  # one row of the 3x3 window at a time, as the CPU engine's table
-            row = T1[rows, o, nb[:, :, o]] + T1[rows, o + 1, nb[:, :, o + 1]]
-            h1 = h1 + (row + T1[rows, o + 2, nb[:, :, o + 2]])  # (B, GG, C1)
-        h2 = b2[:, None, :].expand(B, GG, H)
-        for c in range(C1):
-            h2 = h2 + W2[:, None, :, c] * h1[:, :, c, None]
-        h2 = torch.where(h2 > 0, h2, torch.zeros((), dtype=h2.dtype, device=dev))  # (B, GG, H)
-        lg = b3[:, None, :].expand(B, GG, n)
-        for j in range(H):
-            lg = lg + W3[:, None, :, j] * h2[:, :, j, None]  # (B, GG, n)
-        if cfg.identity_bias:
-            lg = lg + torch.nn.functional.one_hot(cur, n).to(lg.dtype) * np.float32(cfg.identity_bias)
+        lg = network(*weights, cur, nbr, float(cfg.identity_bias))  # (B, GG, n)
         top2 = lg.topk(2, dim=-1).values
         near = (top2[..., 0] - top2[..., 1]) < thr  # (B, GG)
         nxt = lg.argmax(dim=-1)

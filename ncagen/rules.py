@@ -50,6 +50,12 @@ class RuleParams:
     def subset(self, idx: np.ndarray) -> "RuleParams":
         return RuleParams(*(a[idx] for a in (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3)))
 
+    @staticmethod
+    def concat(parts: list["RuleParams"]) -> "RuleParams":
+        """The batches of `parts`, one after another."""
+        names = ("w1", "b1", "w2", "b2", "w3", "b3")
+        return RuleParams(*(np.concatenate([getattr(p, k) for p in parts]) for k in names))
+
 
 def _truncated_normal(u: np.ndarray) -> np.ndarray:
     """Map uniforms in (0, 1) to a standard normal truncated to [-TRUNC, TRUNC] (inverse CDF)."""

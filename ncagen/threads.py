@@ -1,4 +1,5 @@
-"""Thread pools shared by the generator's stages (rollout, rows, compression), fork-safe.
+"""Thread pools shared by the generator's stages (rollout, rows, compression; on a device, the
+device thread and the unit thread of the pipeline), fork-safe.
 
 numba kernels, zlib and zstandard release the GIL, so plain threads keep every core busy. A
 process forked from one that used a pool (a DataLoader worker) inherits the pool without its

@@ -1,7 +1,9 @@
 """The two rollout engines: numba (CPU) and torch agree bit for bit, match the spec's network,
-and a row does not depend on the batch, the thread count or the batch size it was made in."""
+and a row does not depend on the batch, the thread count or the batch size it was made in; so
+with the opt-in compiled torch step."""
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -178,3 +180,20 @@ def test_compiled_uniforms_are_the_rng_uniforms():
     keys = rng.derive_many(np.arange(50, dtype=np.int64), rng.STREAM_INIT, np.zeros(50, np.int64))
     expected = rng.uniform(keys[:, None], np.arange(300)[None, :])
     assert np.array_equal(uniforms(keys, 300), expected)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_torch_engine_agrees_bit_for_bit_and_repeats():
+    # the opt-in fused step (rollout.compiled_network): near ties and an identity bias, two
+    # batch sizes through one dynamic-shape compile, and a second run of the same batch
+    cfg = NCAConfig(states=10, identity_bias=0.3, temperature=0.02)
+    for count in (24, 40):
+        params, state, keys = _batch(cfg, count, key=count)
+        K, t1 = 6, cfg.record_time(5)
+        out_nb, out_a, out_b = (np.zeros((count, K, 12, 12), np.uint8) for _ in range(3))
+        end_nb = advance(params, state, keys, 0, t1, cfg, out_nb)
+        end_a = _advance_torch(params, state, keys, 0, t1, cfg, out_a, 0, "cpu", compiled=True)
+        end_b = _advance_torch(params, state, keys, 0, t1, cfg, out_b, 0, "cpu", compiled=True)
+        assert np.array_equal(out_nb, out_a) and np.array_equal(end_nb, end_a)
+        assert np.array_equal(out_a, out_b) and np.array_equal(end_a, end_b)
