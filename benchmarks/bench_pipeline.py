@@ -99,7 +99,7 @@ def bench_device(device: str, args) -> bool:
     rows, batch = args.rows or rows, args.batch or batch
     extra = {} if args.temperature is None else {"temperature": args.temperature}
     cfg, band = NCAConfig(states=args.states, **extra), Band.parse(args.band)
-    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "none"
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "none"
     print(f"device {device} (GPU: {gpu}), {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} CPU threads), ratio threads {args.threads}; band {band}, "
           f"states {args.states}, temperature {cfg.temperature:g}, {rows} rows, batch {batch}; "

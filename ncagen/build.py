@@ -64,9 +64,10 @@ def check_output(store, cfg: BuildConfig) -> dict | None:
 def config_difference(theirs: dict, ours: dict) -> str:
     """What differs between a recorded config and this build's, for the refusal's message:
     `key: theirs here, ours now` for the first few keys (nca's fields one by one)."""
-    def flat(d: dict) -> dict:
-        return {**{k: v for k, v in d.items() if k != "nca"},
-                **{f"nca.{k}": v for k, v in (d.get("nca") or {}).items()}}
+    def flat(d) -> dict:
+        d = d if isinstance(d, dict) else {"config": d}  # a damaged manifest still gets a line
+        nca = d.get("nca") if isinstance(d.get("nca"), dict) else {}
+        return {**{k: v for k, v in d.items() if k != "nca"}, **{f"nca.{k}": v for k, v in nca.items()}}
 
     a, b = flat(theirs), flat(ours)
     keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]

@@ -67,7 +67,8 @@ def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-rows", default=AUTO,
                    help=f"rows per Parquet file, or {AUTO} (the default): 32 train and 8 "
-                   f"validation files per config (more, in multiples, to keep each under ~256 MB)")
+                   f"validation files per config (more, in multiples, to keep each under ~256 MB; "
+                   f"fewer, of ~0.5 MB, for a split too small for that)")
     p.add_argument("--grid", type=int, default=d.grid)
     p.add_argument("--patch", type=int, default=d.patch)
     p.add_argument("--seq-len", type=int, default=d.seq_len)

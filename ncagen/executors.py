@@ -196,16 +196,24 @@ class RayExecutor:
 def _record_finished(pending: dict, on_result) -> None:
     """Record the shards of `pending` whose tasks already returned, best effort: the build is
     failing, and a shard written but not recorded would cost its resume a re-read (a shard that
-    finishes while the others are cancelled is still adopted then)."""
-    import contextlib
-
+    finishes while the others are cancelled is still adopted then). Stops at the first record
+    that cannot be written: the failure may be the storage itself, and retrying it for every
+    shard would only delay the error."""
     import ray
 
-    with contextlib.suppress(BaseException):
+    try:
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-        for ref in ready:
-            with contextlib.suppress(Exception):
-                on_result(pending[ref], ray.get(ref, timeout=0))
+    except Exception:
+        return
+    for ref in ready:
+        try:
+            record = ray.get(ref, timeout=0)
+        except Exception:  # this task failed (maybe the failure itself): nothing to record
+            continue
+        try:
+            on_result(pending.pop(ref), record)
+        except Exception:
+            return
 
 
 def _private_token() -> None:

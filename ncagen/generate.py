@@ -13,7 +13,9 @@ the band filter, sequence assembly). While the cores work on unit k the device r
 out; the unit thread hands unit k's tail to the device and computes its zstd ratios meanwhile.
 The device thread samples a unit's rules and initial grids on every core first
 (`fresh_candidates`): on one core they take about a second per 32,768 candidates, which could
-hold the device up. At most PIPELINE_UNITS units are in flight. Each unit's columns are the
+hold the device up. At most PIPELINE_UNITS units of one `generate` call are in flight, and at
+the start no more than the shard's rows could fill; a unit still running when the shard has its
+rows skips its tail. Each unit's columns are the
 same pure function of its candidates on either path, and units are consumed in candidate
 order, so rows do not depend on the pipeline.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -102,8 +105,8 @@ def rollout_tokens(cfg: NCAConfig, rule_seeds: np.ndarray, sims: np.ndarray, gri
     """Roll candidates out and return (patch tokens (B, grids, P), final state, params).
 
     With `start=(params, state, t, done)` the rollout continues from a previous call that
-    recorded `done` grids and ended at step t. `threads` threads sample the rules and roll out
-    on the CPU engine (default: numba's count); on a device, rules only (default: one).
+    recorded `done` grids and ended at step t. `threads` threads sample the rules (default:
+    one) and, on the CPU engine, roll out (default: numba's count).
     """
     B, G = len(rule_seeds), cfg.grid
     if start is None:
@@ -127,13 +130,15 @@ def _now(fn, *args, **kwargs) -> Future:
 
 def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
                    device: str, threads: int | None, submit: Callable[..., Future] = _now,
-                   head: Future | None = None) -> tuple[dict, np.ndarray]:
+                   head: Future | None = None, dropped: threading.Event | None = None
+                   ) -> tuple[dict, np.ndarray]:
     """One unit of work: (columns of the candidates whose gzip ratio lies in the band, every
     candidate's ratio). On the CPU it runs on one thread (`threads` = 1) beside other units.
 
     Rollouts go through `submit` (on a device: the device thread's queue), so the zstd ratios
     are computed while the tail rolls out; `head`, when given, is the head rollout, already
-    submitted.
+    submitted. Once `dropped` is set (the shard has all its rows) the unit stops after its
+    ratios, with no rows: nobody will read them, and the device has better things to do.
     """
     R, K = cfg.ratio_grids, cfg.grids_per_sequence
     if head is None:
@@ -141,6 +146,8 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
     tokens, state, params = head.result()  # (B, R, P)
     ratios = complexity.gzip_ratios(tokens, cfg.gzip_level, workers=threads)
     keep = np.flatnonzero(band.mask(ratios))
+    if dropped is not None and dropped.is_set():
+        keep = keep[:0]
     tokens, seeds, sm = tokens[keep], rule_seeds[keep], sims[keep]
     tail = None
     if len(keep) and K > R:
@@ -163,14 +170,14 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
 
 
 def _device_unit(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
-                 device: str, threads: int | None) -> Future:
+                 device: str, threads: int | None, dropped: threading.Event) -> Future:
     """Start one unit on a device: its head rollout queues on the device thread at once, the
     rest of it (`_filtered_rows`) on the unit thread, which sends the tail back to the device."""
     rollouts = pool(1, "ncagen-device")
     head = rollouts.submit(rollout_tokens, cfg, rule_seeds, sims, cfg.ratio_grids, device,
                            threads=threads or default_workers())
     unit = pool(1, "ncagen-unit").submit(_filtered_rows, cfg, band, rule_seeds, sims, device,
-                                         threads, rollouts.submit, head)
+                                         threads, rollouts.submit, head, dropped)
     unit.add_done_callback(lambda f: f.cancelled() and head.cancel())  # dropped unseen: no rollout
     return unit
 
@@ -194,6 +201,7 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
     cpu = device == "cpu"
     workers = (threads or cpu_threads()) if cpu else 1  # numba's count is per thread: read it here
     queue: collections.deque = collections.deque()
+    dropped = threading.Event()  # set when the caller needs no more units (device path)
     start = done = 0
 
     def wanted() -> int:
@@ -202,8 +210,8 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
         if cpu and width is not None:
             workers = max(workers, width())
         depth = workers * (1 + LOOKAHEAD) if cpu else PIPELINE_UNITS
-        if not stats.candidates:
-            return workers if cpu else depth
+        if not stats.candidates:  # a device starts with no more units than rows at 100%
+            return workers if cpu else min(depth, math.ceil(rows / batch))
         rate = max(stats.accepted / stats.candidates, 1e-3)
         return min(depth, max(1, math.ceil((rows - done) / rate / batch)))
 
@@ -215,7 +223,7 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
                     run = pool(workers, "ncagen-rows")  # a wider pool once width() grows
                     queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device, 1))
                 else:
-                    queue.append(_device_unit(cfg, band, seeds, sims, device, threads))
+                    queue.append(_device_unit(cfg, band, seeds, sims, device, threads, dropped))
                 start += batch
             cols, ratios = queue.popleft().result()
             stats.add(ratios, len(cols["rule_seed"]))
@@ -229,6 +237,7 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
                     f"random rules gave gzip ratios in [{stats.ratio_min:.3f}, "
                     f"{stats.ratio_max:.3f}], none strictly inside ({band.lo:g}, {band.hi:g})")
     finally:
+        dropped.set()  # a device unit already running skips its tail
         for future in queue:  # the caller stopped early: queued units are dropped, running ones
             future.cancel()   # finish unseen
 

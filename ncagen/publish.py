@@ -632,12 +632,13 @@ def format_report(report: PublishReport) -> str:
             lines.append(f"tagged {report.tag}: load this release with {pinned}")
         else:
             lines.append(f"tag {report.tag} already marks it: load this release with {pinned}")
-    elif report.release is not None:  # the card tells readers to pin this tag
-        lines.append(f"this build is release {report.release} and its card pins "
-                     f"revision=\"{release_tag(report.release)}\": publish again with "
-                     f"--tag {release_tag(report.release)} to create that tag")
+    if report.release is not None and report.tag != release_tag(report.release):
+        pinned_tag = release_tag(report.release)  # what the card tells readers to pin
+        lines.append(f"note: this build is release {report.release} and its card pins "
+                     f"revision=\"{pinned_tag}\", which this publish "
+                     f"{'would not create' if report.dry_run else 'did not create'}: "
+                     f"publish with --tag {pinned_tag} for that")
     return "\n".join(lines)
-
 
 
 def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:

@@ -163,8 +163,10 @@ def compiled_network():
     Eager torch runs ~60 kernels a step, each writing a full (B, G*G, .) temporary; inductor
     fuses them. `emulate_precision_casts` keeps Triton from contracting a product and the add
     after it into one FMA (inductor's C++ backend never does), so the sums keep their rounding.
-    On the CPU its logits equal the eager ones bit for bit (tests/test_rollout_engines.py); on a
-    GPU `benchmarks/bench_gpu.py --compile` checks that before it times it.
+    On the CPU its grids equal the CPU engine's bit for bit (tests/test_rollout_engines.py), and
+    its logits the eager ones (`benchmarks/bench_gpu.py --compile`, which checks both on a GPU
+    before it times it). Needs a torch whose inductor knows `emulate_precision_casts` (2.13 does);
+    older ones may reject it or contract silently.
     """
     import torch
 

@@ -39,7 +39,7 @@ def encode_grids(grids, n: int, patch: int):
 def _encode_kernel(n: int, patch: int):
     """encode_grids for uint8 grids (M, G, G): the compiled encoder, with this alphabet's weights.
 
-    One module-level function for every alphabet, the weights an argument: numba's disk cache
+    One compiled function for every alphabet, the weights an argument: numba's disk cache
     then holds one entry per argument type. (A closure compiled per alphabet, as before, gave
     every alphabet's entry the same symbol name, and a process that loaded two of them from the
     cache could crash.)"""

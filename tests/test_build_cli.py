@@ -159,3 +159,14 @@ def test_build_to_filesystem_url():
     assert "/ncagen-test/ds/ncagen.json" in files
     with fs.open("/ncagen-test/ds/data/band_50_100/train-00000-of-00001.parquet", "rb") as f:
         assert pq.read_table(f).num_rows == 40
+
+
+def test_config_difference_names_what_changed_and_survives_a_damaged_record():
+    from ncagen.build import config_difference
+
+    ours = {"shard_rows": {"train": 625, "validation": 1}, "seed": 0, "nca": {"grid": 12}}
+    said = config_difference({"shard_rows": 100000, "seed": 0, "nca": {"grid": 12}}, ours)
+    assert said == "shard_rows: 100000 there, {'train': 625, 'validation': 1} now"
+    assert "grid: 16 there, 12 now" in config_difference({**ours, "nca": {"grid": 16}}, ours)
+    assert "there" in config_difference("not a dict", ours)  # a line, not a traceback
+    assert "there" in config_difference({**ours, "nca": [1]}, ours)

@@ -100,3 +100,23 @@ def test_fresh_candidates_do_not_depend_on_the_split(sims_per_rule):
     assert np.array_equal(one_state, many_state)
     for k in ("w1", "b1", "w2", "b2", "w3", "b3"):
         assert np.array_equal(getattr(one_params, k), getattr(many_params, k)), k
+
+
+def test_a_small_shard_rolls_out_only_what_it_needs(monkeypatch):
+    """A device starts with no more units than the shard's rows could fill: a 100-row shard of a
+    band nearly every candidate reaches is one unit (one head rollout, one tail), not the three a
+    full pipeline holds, which would run unseen and hold up the next shard."""
+    from ncagen.threads import pool
+
+    calls = []
+    real = gen.rollout_tokens
+
+    def counted(*args, **kwargs):
+        calls.append("tail" if kwargs.get("start") is not None else "head")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "rollout_tokens", counted)
+    rows = _rows(generate(NCAConfig(seq_len=500), Band(0.0, 1.0), 3, 100, device=CPU_DEVICE))
+    for name in ("ncagen-device", "ncagen-unit"):  # let anything left behind finish
+        pool(1, name).submit(lambda: None).result()
+    assert len(rows["rule_seed"]) == 100 and calls == ["head", "tail"]

@@ -601,3 +601,5 @@ def test_a_release_published_without_its_tag_says_which_tag_its_card_pins(hub, b
     assert hub.repo(REPO).tags == {}  # a hint, not a tag nobody asked for
     assert main([str(build), "--repo", REPO, "--tag", "v1.0"]) == 0
     assert "its card pins" not in capsys.readouterr().out
+    assert main([str(build), "--repo", REPO, "--revision", "next", "--tag", "v2"]) == 0
+    assert 'its card pins revision="v1.0", which this publish did not create' in capsys.readouterr().out

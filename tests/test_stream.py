@@ -187,3 +187,27 @@ def test_too_few_shards_for_the_ranks_is_an_error_on_every_rank():
             next(iter(stream))
     assert len(list(NCAStream(cfg, "0.5-1.0", rows=4, shard_rows=2, rank=2, world_size=3,
                               even_ranks=False))) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rows": 10, "shard_rows": 0}, "shard_rows must be >= 1"),
+    ({"rows": 10, "shard_rows": -5}, "shard_rows must be >= 1"),
+    ({"rows": 10, "split": "validaton"}, "split must be one of"),
+    ({"rows": 0}, "rows must be >= 1"),
+])
+def test_nca_iterable_dataset_checks_its_arguments(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        nca_iterable_dataset(NCAConfig(), "0.5-1.0", **kwargs)
+
+
+def test_a_bounded_stream_cuts_shards_as_the_default_build():
+    from ncagen.plan import BuildConfig, plan
+
+    cfg = BuildConfig(out="/tmp/unused", rows=20_000, val_rows=300)
+    for split in ("train", "validation"):
+        built = [(t.index, t.rows, t.key) for t in plan(cfg) if t.split == split]
+        rows = sum(r for _, r, _ in built)
+        streamed = [(t.index, t.rows, t.key) for t in shard_tasks(
+            cfg.nca, cfg.bands[0], 0, NCAStream(cfg.nca, "0.5-1.0", rows=rows, split=split).shard_rows,
+            rows, split)]
+        assert streamed == built and len(built) == (32 if split == "train" else 1)
