@@ -26,9 +26,13 @@ BYTES_PER_TOKEN = 1.73  # of a shard, measured: 1.77 KB a row at seq_len 1024 (i
 MIX_TAG = 2**40 + 0x6D6978  # a mixture shard key's third part: no band's round(lo * 1e6) is it
 
 
-def stream_shard_rows(rows: int | None, seq_len: int, split: str = "train") -> int:
-    """Rows per shard of a stream given no shard_rows: a build's default (`auto`) for a bounded
-    stream, so `rows=N` yields the rows of `--rows N`; ENDLESS_SHARD_ROWS for an endless one."""
+def stream_shard_rows(shard_rows: int | None, rows: int | None, seq_len: int,
+                      split: str = "train") -> int:
+    """Rows per shard of a stream: `shard_rows` when given; else a build's default (`auto`) for
+    a bounded stream, so `rows=N` yields the rows of `--rows N`, and ENDLESS_SHARD_ROWS for an
+    endless one."""
+    if shard_rows is not None:
+        return shard_rows
     if rows is None:
         return ENDLESS_SHARD_ROWS
     return auto_shard_rows(rows, seq_len, MIN_FILES.get(split, 1))

@@ -45,6 +45,7 @@ from urllib.parse import quote
 
 from pyarrow import fs
 
+from .recipe import release_tag
 from .shards import MANIFEST
 from .storage import filesystem
 
@@ -605,8 +606,6 @@ def _human_bytes(n: int) -> str:
 
 def format_report(report: PublishReport) -> str:
     """Short human summary of a publish, for the CLI."""
-    from .recipe import release_tag
-
     files = f"{len(report.uploaded)} files ({_human_bytes(report.uploaded_bytes)})"
     if report.dry_run:
         lines = [

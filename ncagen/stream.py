@@ -164,7 +164,7 @@ def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | Mix | str, see
     from .threads import default_workers
 
     band = check_args(band, rows, shard_rows, seed, split, 0)
-    shard_rows = stream_shard_rows(rows, cfg.seq_len, split) if shard_rows is None else shard_rows
+    shard_rows = stream_shard_rows(shard_rows, rows, cfg.seq_len, split)
     from .rollout import resolve_device
 
     device = resolve_device(device)  # auto -> cuda or cpu, as NCAStream does
@@ -190,7 +190,7 @@ def nca_iterable_dataset(cfg: NCAConfig, band: Band | Mix | str, seed: int = 0, 
     if (rows is None) == (num_shards is None):
         raise ConfigError("give exactly one of rows or num_shards (datasets needs a shard list)")
     check_args(band, rows, shard_rows, seed, split, 0)
-    shard_rows = stream_shard_rows(rows, cfg.seq_len, split) if shard_rows is None else shard_rows
+    shard_rows = stream_shard_rows(shard_rows, rows, cfg.seq_len, split)
     count = math.ceil(rows / shard_rows) if rows is not None else num_shards
     features = datasets.Features({
         "input_ids": datasets.List(datasets.Value("int32")),

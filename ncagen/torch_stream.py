@@ -42,8 +42,7 @@ class NCAStream(torch.utils.data.IterableDataset):
             rank, world_size = distributed_rank()
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-        if shard_rows is None:  # as a build cuts it
-            shard_rows = stream_shard_rows(rows, cfg.seq_len, split)
+        shard_rows = stream_shard_rows(shard_rows, rows, cfg.seq_len, split)  # as a build cuts it
         self.cfg, self.seed, self.rows, self.shard_rows = cfg, seed, rows, shard_rows
         self.split, self.start_shard, self.rank, self.world_size = split, start_shard, rank, world_size
         self.even_ranks, self.device, self.batch, self.threads = even_ranks, device, batch, threads
