@@ -9,7 +9,6 @@ its seed, whatever batch it is sampled in.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -57,12 +56,14 @@ class RuleParams:
         return RuleParams(*(np.concatenate([getattr(p, k) for p in parts]) for k in names))
 
 
+_LO = 0.5 * math.erfc(TRUNC / math.sqrt(2.0))  # Phi(-2): u in (0, 1) maps to lo + u (1 - 2 lo)
+
+
 def _truncated_normal(u: np.ndarray) -> np.ndarray:
     """Map uniforms in (0, 1) to a standard normal truncated to [-TRUNC, TRUNC] (inverse CDF)."""
-    lo = 0.5 * math.erfc(TRUNC / math.sqrt(2.0))  # Phi(-2)
     u = np.ascontiguousarray(u, np.float64)
     out = np.empty_like(u)
-    _ndtri_kernel()(u.reshape(-1), lo, 1.0 - lo, out.reshape(-1))
+    _ndtri(u.reshape(-1), _LO, 1.0 - _LO, out.reshape(-1))
     return out
 
 
@@ -81,44 +82,59 @@ _NDTRI_P1 = (4.05544892305962419923e0, 3.15251094599893866154e1, 5.7162819224642
 _NDTRI_Q1 = (1.0, 1.57799883256466749731e1, 4.53907635128879210584e1, 4.13172038254672030440e1,
              1.50425385692907503408e1, 2.50464946208309415979e0, -1.42182922854787788574e-1,
              -3.80806407691578277194e-2, -9.33259480895457427372e-4)
+_EXP_M2 = 0.13533528323661269189  # exp(-2)
+_SQRT_2PI = 2.50662827463100050242
+_BLOCK = 4096  # _ndtri's values per block: its scratch stays in cache
 
 
-@functools.lru_cache(maxsize=None)
-def _ndtri_kernel():
-    p0, q0, p1, q1 = (np.array(c) for c in (_NDTRI_P0, _NDTRI_Q0, _NDTRI_P1, _NDTRI_Q1))
-    exp_m2 = 0.13533528323661269189  # exp(-2)
-    sqrt_2pi = 2.50662827463100050242
+# Kernels at module level, not closures: numba's disk cache misses every time for a closure.
+@numba.njit(inline="always")
+def _horner(x, coef):  # pragma: no cover - compiled
+    r = 0.0
+    for c in coef:
+        r = r * x + c
+    return r
 
-    @numba.njit(inline="always")
-    def horner(x, coef):  # pragma: no cover - compiled
-        r = 0.0
-        for c in coef:
-            r = r * x + c
-        return r
 
-    @numba.njit(cache=True, nogil=True, error_model="numpy")
-    def ndtri(flat, lo, hi, res):  # pragma: no cover - compiled
-        tails = np.empty(flat.shape[0], np.int64)
-        m = 0
-        for k in range(flat.shape[0]):  # the central branch for all, branch-free so it vectorises
-            y = (lo + flat[k] * (hi - lo)) - 0.5
-            y2 = y * y
-            res[k] = (y + y * (y2 * horner(y2, p0) / horner(y2, q0))) * sqrt_2pi
-        for k in range(flat.shape[0]):  # then the tails, |y - 0.5| > 0.5 - exp(-2), gathered first
-            y = lo + flat[k] * (hi - lo)
-            tails[m] = k
-            m += (y <= exp_m2) | (y > 1.0 - exp_m2)
-        for t in range(m):
-            k = tails[t]
-            y = lo + flat[k] * (hi - lo)
-            upper = y > 1.0 - exp_m2
-            if upper:
-                y = 1.0 - y
-            x = math.sqrt(-2.0 * math.log(y))
-            x = (x - math.log(x) / x) - (1.0 / x) * horner(1.0 / x, p1) / horner(1.0 / x, q1)
-            res[k] = x if upper else -x
+@numba.njit(inline="always")
+def _ndtri_into(y, scale, out, tails, xs, logs):  # pragma: no cover - compiled
+    """out[j] = ndtri(y[j]) * scale (in float64, then as out's dtype), y in [Phi(-2), Phi(2)].
 
-    return ndtri
+    The central branch for all, branch-free so it vectorises; then the tails, gathered, their two
+    logs (scalar calls) apart from the rest of their arithmetic, which vectorises. The operations
+    and their order are Cephes' (no fastmath, so no FMA or reassociation).
+    """
+    for j in range(y.shape[0]):
+        x = y[j] - 0.5
+        x2 = x * x
+        r = x2 * _horner(x2, _NDTRI_P0) / _horner(x2, _NDTRI_Q0)
+        out[j] = ((x + x * r) * _SQRT_2PI) * scale
+    m = 0
+    for j in range(y.shape[0]):  # |y - 0.5| > 0.5 - exp(-2)
+        tails[m] = j
+        m += (y[j] <= _EXP_M2) | (y[j] > 1.0 - _EXP_M2)
+    for t in range(m):
+        v = y[tails[t]]
+        xs[t] = math.sqrt(-2.0 * math.log(1.0 - v if v > 1.0 - _EXP_M2 else v))
+        logs[t] = math.log(xs[t])
+    for t in range(m):
+        x, z = xs[t], 1.0 / xs[t]
+        xs[t] = (x - logs[t] / x) - z * _horner(z, _NDTRI_P1) / _horner(z, _NDTRI_Q1)
+    for t in range(m):
+        j = tails[t]
+        out[j] = (xs[t] if y[j] > 1.0 - _EXP_M2 else -xs[t]) * scale
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _ndtri(flat, lo, hi, res):  # pragma: no cover - compiled
+    """res = ndtri(lo + flat * (hi - lo)), in blocks."""
+    y = np.empty(min(flat.shape[0], _BLOCK), np.float64)
+    tails, xs, logs = np.empty(y.shape[0], np.int64), np.empty_like(y), np.empty_like(y)
+    for s in range(0, flat.shape[0], _BLOCK):
+        e = min(s + _BLOCK, flat.shape[0])
+        for k in range(s, e):
+            y[k - s] = lo + flat[k] * (hi - lo)
+        _ndtri_into(y[:e - s], 1.0, res[s:e], tails, xs, logs)
 
 
 @numba.njit(inline="always")
@@ -146,17 +162,34 @@ def _draw(keys, count):  # pragma: no cover - compiled
 
 
 def sample_rules(rule_seeds: np.ndarray, cfg: NCAConfig) -> RuleParams:
-    """Draw one rule per seed: truncated LeCun-normal weights, zero biases."""
+    """Draw one rule per seed: truncated LeCun-normal weights, zero biases.
+
+    Weight k of a rule (w1, w2, w3 flattened, in turn) is ndtri of uniform k of its stream,
+    times sqrt(1 / fan_in) / TRUNC_STD in float64, cast to float32; one compiled pass per rule.
+    """
     keys = rng.derive_many(np.asarray(rule_seeds, np.int64), rng.STREAM_PARAMS)  # (B,)
     B, n, C1, H = len(keys), cfg.states, cfg.conv_channels, cfg.hidden
     shapes = [((C1, n, 3, 3), 9 * n), ((H, C1), C1), ((n, H), H)]
-    total = sum(int(np.prod(s)) for s, _ in shapes)
-    t = _truncated_normal(uniforms(keys, total))  # (B, total)
-    weights, start = [], 0
-    for shape, fan_in in shapes:
-        size = int(np.prod(shape))
-        scale = math.sqrt(1.0 / fan_in) / TRUNC_STD
-        weights.append((t[:, start:start + size] * scale).astype(np.float32).reshape(B, *shape))
-        start += size
+    weights = [np.empty((B, *shape), np.float32) for shape, _ in shapes]
+    args = []
+    for w, (shape, fan_in) in zip(weights, shapes):
+        args += [w.reshape(B, math.prod(shape)), math.sqrt(1.0 / fan_in) / TRUNC_STD]
+    _sample(keys, _LO, 1.0 - _LO, *args)
     zeros = lambda k: np.zeros((B, k), np.float32)  # noqa: E731
     return RuleParams(weights[0], zeros(C1), weights[1], zeros(H), weights[2], zeros(n))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sample(keys, lo, hi, w1, s1, w2, s2, w3, s3):  # pragma: no cover - compiled
+    """Rule b's w1, w2, w3 (flattened) from keys[b], one tensor at a time, in cache:
+    w[j] = ndtri(lo + u * (hi - lo)) * s, u its uniform; the counters run through w1, w2, w3."""
+    y = np.empty(max(w1.shape[1], w2.shape[1], w3.shape[1]), np.float64)
+    tails, xs, logs = np.empty(y.shape[0], np.int64), np.empty_like(y), np.empty_like(y)
+    for b in range(keys.shape[0]):
+        c0 = 0
+        for w, scale in ((w1, s1), (w2, s2), (w3, s3)):
+            size = w.shape[1]
+            for j in range(size):
+                y[j] = lo + uniform_at(keys[b], c0 + j) * (hi - lo)
+            _ndtri_into(y[:size], scale, w[b], tails, xs, logs)
+            c0 += size
