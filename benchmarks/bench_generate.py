@@ -70,7 +70,7 @@ def gzip_floor(nca, key: int, candidates: int) -> tuple[float, float]:
     head, _, _ = rollout_tokens(nca, seeds, sims, nca.ratio_grids)  # (S, R, P): the shard's first
     c0, t0 = cpu_seconds(), time.perf_counter()
     for start in range(0, candidates, len(head)):  # cycle through the sample, a copy at a time
-        complexity.gzip_ratios(head[:candidates - start], nca.gzip_level)
+        complexity.zlib_gzip_ratios(head[:candidates - start], nca.gzip_level)
     return time.perf_counter() - t0, cpu_seconds() - c0
 
 

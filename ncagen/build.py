@@ -150,6 +150,8 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
 
     # a rerun of a finished build changes nothing: its card stands (rendering reads every shard)
     card_stands = bool(manifest.get("partitions")) and not todo and store.kind("README.md") == "file"
+    if not card_stands:  # the driver waits on the shards: it can load the card's drawing now
+        threading.Thread(target=_warm_card, name="ncagen-card-warm-up", daemon=True).start()
     try:
         runner.run(todo, lambda task, rows: progress.running(task.path, rows), on_result)
     finally:  # temp files of attempts that died (Ray reran them) or were cut short
@@ -170,6 +172,14 @@ def _locked_build(store, cfg: BuildConfig, tasks: list[ShardTask], runner, comma
         finally:
             closing.join()
     return manifest
+
+
+def _warm_card() -> None:
+    """Load the card's drawing code ahead of time; a failure here only means it loads later."""
+    with contextlib.suppress(Exception):
+        from .card.figures import warm_up
+
+        warm_up()
 
 
 def machine() -> dict:

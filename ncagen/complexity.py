@@ -1,9 +1,11 @@
 """Complexity of a trajectory: the gzip ratio of its first grids (spec section 6), and zstd's.
 
 ratio = len(gzip(tokens as little-endian int32, level 9)) / len(raw bytes), over the patch tokens
-(no delimiters) of the first `ratio_grids` recorded grids. zlib with wbits=31 writes the same
-10-byte header and 8-byte trailer as `gzip.compress`, so the sizes are identical, without the
-gzip module's Python-level framing. Batches are compressed on a thread pool: zlib and zstandard
+(no delimiters) of the first `ratio_grids` recorded grids. The generator takes the size from
+`deflate.gzip_sizes`, which computes zlib's exact size without compressing (and, given a band,
+may skip rows a bound puts outside it); `zlib_gzip_ratios` asks zlib itself (wbits=31 writes the
+same 10-byte header and 8-byte trailer as `gzip.compress`), the reference the tests and the
+benchmarks' gzip floor use. Batches are split over a thread pool: the kernel, zlib and zstandard
 release the GIL, so every core works.
 """
 
@@ -13,7 +15,8 @@ import zlib
 
 import numpy as np
 
-from .config import NCAConfig
+from . import deflate
+from .config import Band, NCAConfig
 from .threads import default_workers, pool
 from .tokens import from_sequence
 
@@ -44,8 +47,35 @@ def _map_rows(fn, raw: np.ndarray, workers: int) -> np.ndarray:
     return np.array([s for part in parts for s in part], np.int64)
 
 
-def gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | None = None) -> np.ndarray:
-    """gzip ratio of each row of patch tokens (B, R, P) as float32."""
+def _map_chunks(fn, raw: np.ndarray, workers: int) -> np.ndarray:
+    """fn(rows) -> int64 per row, over raw (B, L) cut into one chunk per thread."""
+    B = raw.shape[0]
+    parts = max(1, min(workers, B // 64))  # a chunk of fewer rows is not worth a thread
+    if parts == 1:
+        return fn(raw)
+    cuts = [B * k // parts for k in range(parts + 1)]
+    done = pool(parts, "ncagen-zip").map(lambda lo, hi: fn(raw[lo:hi]), cuts[:-1], cuts[1:])
+    return np.concatenate(list(done))
+
+
+def gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | None = None,
+                band: Band | None = None) -> np.ndarray:
+    """gzip ratio of each row of patch tokens (B, R, P) as float32.
+
+    Given a band, a row that a bound puts surely outside it gets NaN instead of its ratio
+    (`band.mask` is False for it, as for its exact ratio)."""
+    raw = ratio_bytes(patch_tokens)
+    edges = (0.0, 1.0) if band is None else (band.lo, band.hi)
+    sizes = _map_chunks(lambda rows: deflate.gzip_sizes(rows, level, edges), raw,
+                        workers or default_workers())
+    ratios = (sizes / raw.shape[1]).astype(np.float32)
+    ratios[sizes < 0] = np.nan
+    return ratios
+
+
+def zlib_gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | None = None
+                     ) -> np.ndarray:
+    """gzip_ratios by zlib itself: the reference (and the time zlib takes)."""
     raw = ratio_bytes(patch_tokens)
     sizes = _map_rows(lambda b: len(zlib.compress(b, level, 31)), raw, workers or default_workers())
     return (sizes / raw.shape[1]).astype(np.float32)

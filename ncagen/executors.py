@@ -104,8 +104,10 @@ def task_options(cfg: BuildConfig, view: dict, todo: int, private: bool,
         return {"num_gpus": 1, "num_cpus": 1}, "cuda", not explicit
     total, biggest = sum(view["cpus"]), max(view["cpus"], default=1)
     per = max(1, min(total // (cfg.workers or max(todo, 1)), biggest))
-    env = {"env_vars": {"NUMBA_NUM_THREADS": str(per), "OMP_NUM_THREADS": str(per)}}
-    return {"num_cpus": per, "runtime_env": env}, "cpu", False
+    # No runtime_env for the thread caps: a task with one waits for a fresh worker process
+    # (about 0.9 s on 2 cores) where the ones Ray started beside it are idle; the task caps
+    # its threads itself (`_ray_shard`).
+    return {"num_cpus": per}, "cpu", False
 
 
 class RayExecutor:
@@ -249,7 +251,13 @@ def _ray_shard(task: ShardTask, out: str, device: str, batch, tally, fallback: b
     """The Ray task: one shard, reporting its running row count to the driver's tally."""
     import ray
 
-    node = ray.get_runtime_context().get_node_id()
+    from .threads import limit_threads
+
+    ctx = ray.get_runtime_context()
+    cpus = ctx.get_assigned_resources()
+    if not cpus.get("GPU"):  # a CPU task's threads: its CPUs (a GPU task sizes its own)
+        limit_threads(max(1, int(cpus.get("CPU", 1))))
+    node = ctx.get_node_id()
     send = lambda rows: tally.set.remote(task.path, rows)  # noqa: E731  (fire and forget)
     tally.start.remote(task.path, node)  # a retried shard starts again from zero
     width = Widener(tally, node) if widen else None

@@ -2,7 +2,7 @@
 
 A row is a pure function of (config, seeds) *and of the code that computes it*. The fingerprint
 hashes the spec version and the source of every module on the data path (config, rng, rules,
-rollout, kernel, tokens, complexity, generate). The manifest records it, resume refuses a build
+rollout, kernel, tokens, deflate, complexity, generate). The manifest records it, resume refuses a build
 made by another generator, and the compiled kernel cache is keyed on it, so changed code never
 runs stale compiled code or mixes its rows into another generator's build.
 """
@@ -14,7 +14,8 @@ import hashlib
 import pathlib
 
 SPEC_VERSION = 1  # shared/NCA_SPEC.md, "generation spec (v1)"
-DATA_PATH = ("config", "rng", "rules", "rollout", "kernel", "tokens", "complexity", "generate")
+DATA_PATH = ("config", "rng", "rules", "rollout", "kernel", "tokens", "deflate", "complexity",
+             "generate")
 
 
 @functools.lru_cache(maxsize=None)

@@ -63,11 +63,13 @@ class ShardStats:
     ratio_max: float = float("-inf")
 
     def add(self, ratios: np.ndarray, accepted: int) -> None:
+        """Count a unit's candidates; its ratios may hold NaN (outside the band, by a bound)."""
         self.candidates += len(ratios)
         self.accepted += accepted
-        if len(ratios):
-            self.ratio_min = min(self.ratio_min, float(ratios.min()))
-            self.ratio_max = max(self.ratio_max, float(ratios.max()))
+        seen = ratios[~np.isnan(ratios)]
+        if len(seen):
+            self.ratio_min = min(self.ratio_min, float(seen.min()))
+            self.ratio_max = max(self.ratio_max, float(seen.max()))
 
 
 def candidate_seeds(shard_key: int, start: int, count: int, sims_per_rule: int):
@@ -130,10 +132,12 @@ def _now(fn, *args, **kwargs) -> Future:
 
 def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
                    device: str, threads: int | None, submit: Callable[..., Future] = _now,
-                   head: Future | None = None, dropped: threading.Event | None = None
-                   ) -> tuple[dict, np.ndarray]:
+                   head: Future | None = None, dropped: threading.Event | None = None,
+                   exact: bool = True) -> tuple[dict, np.ndarray]:
     """One unit of work: (columns of the candidates whose gzip ratio lies in the band, every
     candidate's ratio). On the CPU it runs on one thread (`threads` = 1) beside other units.
+    Unless `exact`, a candidate that a bound puts outside the band gets NaN for its ratio
+    (its exact value is skipped, not needed: rows are the same either way).
 
     Rollouts go through `submit` (on a device: the device thread's queue), so the zstd ratios
     are computed while the tail rolls out; `head`, when given, is the head rollout, already
@@ -144,7 +148,8 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
     if head is None:
         head = submit(rollout_tokens, cfg, rule_seeds, sims, R, device, threads=threads)
     tokens, state, params = head.result()  # (B, R, P)
-    ratios = complexity.gzip_ratios(tokens, cfg.gzip_level, workers=threads)
+    ratios = complexity.gzip_ratios(tokens, cfg.gzip_level, workers=threads,
+                                    band=None if exact else band)
     keep = np.flatnonzero(band.mask(ratios))
     if dropped is not None and dropped.is_set():
         keep = keep[:0]
@@ -170,14 +175,14 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
 
 
 def _device_unit(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.ndarray,
-                 device: str, threads: int | None, dropped: threading.Event) -> Future:
+                 device: str, threads: int | None, dropped: threading.Event, exact: bool) -> Future:
     """Start one unit on a device: its head rollout queues on the device thread at once, the
     rest of it (`_filtered_rows`) on the unit thread, which sends the tail back to the device."""
     rollouts = pool(1, "ncagen-device")
     head = rollouts.submit(rollout_tokens, cfg, rule_seeds, sims, cfg.ratio_grids, device,
                            threads=threads or default_workers())
     unit = pool(1, "ncagen-unit").submit(_filtered_rows, cfg, band, rule_seeds, sims, device,
-                                         threads, rollouts.submit, head, dropped)
+                                         threads, rollouts.submit, head, dropped, exact)
     unit.add_done_callback(lambda f: f.cancelled() and head.cancel())  # dropped unseen: no rollout
     return unit
 
@@ -219,11 +224,14 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
         while done < rows:
             while len(queue) < wanted():
                 seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
+                exact = stats.accepted == 0  # until a row is found, the ratio range may be reported
                 if cpu:
                     run = pool(workers, "ncagen-rows")  # a wider pool once width() grows
-                    queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device, 1))
+                    queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device, 1,
+                                            exact=exact))
                 else:
-                    queue.append(_device_unit(cfg, band, seeds, sims, device, threads, dropped))
+                    queue.append(_device_unit(cfg, band, seeds, sims, device, threads, dropped,
+                                              exact))
                 start += batch
             cols, ratios = queue.popleft().result()
             stats.add(ratios, len(cols["rule_seed"]))

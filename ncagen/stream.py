@@ -53,6 +53,7 @@ from .plan import SPLITS, ShardTask, recorded_partitions, shard_key, stream_shar
 from .config import Band, ConfigError, Mix, NCAConfig, parse_partition
 from .config import config_name as name_of  # read_build's argument is called config_name
 from .generate import DEFAULT_BATCH, generate_parts
+from .threads import limit_threads
 
 TORCH_NAMES = ("NCAStream", "stream_loader", "distributed_rank", "EvenSplit", "even_split",
                "load_rank_stream")  # in ncagen.torch_stream
@@ -145,15 +146,6 @@ def worker_setup(threads: int) -> None:
 
     numba.config.THREADING_LAYER = "workqueue"  # no effect if the parent already started a pool
     limit_threads(threads)
-
-
-def limit_threads(threads: int) -> None:
-    """Cap this process's generation threads (numba's count, which the CPU engine follows, and
-    the compression pool)."""
-    import numba
-
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by ncagen.threads.default_workers
 
 
 def nca_generator(shards: list[int], cfg: NCAConfig, band: Band | Mix | str, seed: int = 0,

@@ -29,3 +29,12 @@ def default_workers() -> int:
     if value.isdigit() and int(value) > 0:
         return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def limit_threads(threads: int) -> None:
+    """Cap this process's generation threads (numba's count, which the CPU engine follows, and
+    the compression pool's, `default_workers`)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    os.environ["OMP_NUM_THREADS"] = str(threads)

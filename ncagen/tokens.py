@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 
 from .config import NCAConfig
@@ -44,41 +45,35 @@ def _encode_kernel(n: int, patch: int):
     every alphabet's entry the same symbol name, and a process that loaded two of them from the
     cache could crash.)"""
     weights = n ** np.arange(patch * patch, dtype=np.int64)  # c_k's weight, k row by row
-    return functools.partial(_encode_compiled(), weights=weights, patch=patch)
+    return functools.partial(_encode_patches, weights=weights, patch=patch)
 
 
-@functools.lru_cache(maxsize=None)
-def _encode_compiled():
-    import numba
-
-    @numba.njit(cache=True, nogil=True)
-    def encode_patches(grids, weights, patch):  # pragma: no cover - compiled
-        M, G = grids.shape[0], grids.shape[1]
-        q = G // patch
-        out = np.empty((M, q * q), np.int64)
-        if patch == 2:  # the spec's patch, written out: twice as fast as the loops below
-            w0, w1, w2, w3 = weights[0], weights[1], weights[2], weights[3]
-            for m in range(M):
-                for py in range(q):
-                    for px in range(q):
-                        y, x = 2 * py, 2 * px
-                        out[m, py * q + px] = (np.int64(grids[m, y, x]) * w0
-                                               + np.int64(grids[m, y, x + 1]) * w1
-                                               + np.int64(grids[m, y + 1, x]) * w2
-                                               + np.int64(grids[m, y + 1, x + 1]) * w3)
-            return out
+@numba.njit(cache=True, nogil=True)  # module level: a closure's disk cache never hits
+def _encode_patches(grids, weights, patch):  # pragma: no cover - compiled
+    M, G = grids.shape[0], grids.shape[1]
+    q = G // patch
+    out = np.empty((M, q * q), np.int64)
+    if patch == 2:  # the spec's patch, written out: twice as fast as the loops below
+        w0, w1, w2, w3 = weights[0], weights[1], weights[2], weights[3]
         for m in range(M):
             for py in range(q):
                 for px in range(q):
-                    tok = np.int64(0)
-                    for dy in range(patch):
-                        for dx in range(patch):
-                            cell = grids[m, py * patch + dy, px * patch + dx]
-                            tok += np.int64(cell) * weights[dy * patch + dx]
-                    out[m, py * q + px] = tok
+                    y, x = 2 * py, 2 * px
+                    out[m, py * q + px] = (np.int64(grids[m, y, x]) * w0
+                                           + np.int64(grids[m, y, x + 1]) * w1
+                                           + np.int64(grids[m, y + 1, x]) * w2
+                                           + np.int64(grids[m, y + 1, x + 1]) * w3)
         return out
-
-    return encode_patches
+    for m in range(M):
+        for py in range(q):
+            for px in range(q):
+                tok = np.int64(0)
+                for dy in range(patch):
+                    for dx in range(patch):
+                        cell = grids[m, py * patch + dy, px * patch + dx]
+                        tok += np.int64(cell) * weights[dy * patch + dx]
+                out[m, py * q + px] = tok
+    return out
 
 
 def decode_grids(tokens, n: int, patch: int, grid: int) -> np.ndarray:

@@ -14,8 +14,9 @@ import torch
 from .config import Band, ConfigError, Mix, NCAConfig
 from .generate import DEFAULT_BATCH, generate_parts
 from .plan import ShardTask, stream_shard_rows
-from .stream import (check_args, even_quotas, limit_threads, manifest_file_rows, read_build,
-                     row_dicts, shard_tasks, worker_setup)
+from .stream import (check_args, even_quotas, manifest_file_rows, read_build, row_dicts,
+                     shard_tasks, worker_setup)
+from .threads import limit_threads
 
 
 def distributed_rank() -> tuple[int, int]:

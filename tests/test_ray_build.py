@@ -165,7 +165,9 @@ def test_job_builds_two_partitions_like_the_local_executor(cluster, tmp_path):
 
 def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
     out = tmp_path / "out"
-    args = ["--rows", "4000", "--shard-rows", "1000", *SMALL, "--out", str(out)]
+    # shards of a few seconds each (band 0.3-0.4 tries about 11 candidates a row): long enough
+    # to catch one writing, even on workers an earlier test left warm
+    args = ["--band", "0.3-0.4", "--rows", "12000", "--shard-rows", "3000", *SMALL, "--out", str(out)]
     job = f"ncagen-{secrets.token_hex(4)}"
     proc = cluster.submit(args, job)
     killed = None
@@ -183,6 +185,6 @@ def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
         time.sleep(0.05)
     assert killed is not None, "never saw a worker writing a shard"
     log = wait_job(proc)
-    check_dataset(out, {"band_50_100": {"train": 4000}}, 1000)
-    assert "[ncagen] 4/4 shards  4,000/4,000 rows" in log
+    check_dataset(out, {"band_30_40": {"train": 12000}}, 3000)
+    assert "[ncagen] 4/4 shards  12,000/12,000 rows" in log
     assert_retried(cluster.cli, cluster.dashboard, killed)

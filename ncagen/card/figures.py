@@ -73,6 +73,16 @@ def _figure():
     return fig, fig.add_subplot()
 
 
+def warm_up() -> None:
+    """Load what drawing needs (matplotlib, its fonts, PIL) by drawing an empty figure: a build
+    does it while its shards run, so its card does not wait for it."""
+    import PIL.Image  # noqa: F401  (the strips' encoder)
+
+    fig, ax = _figure()
+    ax.set_title("warm-up")
+    _png(fig)
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: stable bytes
