@@ -46,6 +46,8 @@ SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before g
 LOOKAHEAD = 2  # units queued per CPU thread beyond the ones running
 PIPELINE_UNITS = 3  # on a device: one unit on the cores, one on the device, one queued behind it
 PREP_CHUNK = 1024  # fewest candidates a thread samples rules and initial grids for
+TAIL_UNIT = 64  # fewest candidates of a unit cut to what a shard's last rows need
+TAIL_MARGIN = 1.25  # a last unit tries this many times the candidates its rows need, on average
 MIX_CHUNK = 1024  # rows of a mixture shard assembled at a time (rows do not depend on it)
 
 
@@ -55,17 +57,22 @@ class BandUnreachable(RuntimeError):
 
 @dataclass
 class ShardStats:
-    """What generating a shard cost: candidates tried, rows accepted, ratios seen."""
+    """What generating a shard cost. Recorded with the shard: `candidates`, those up to and
+    including its last row, and `accepted`, its rows (so both depend on the rows alone, not on
+    how the candidates were cut into units, nor on the device). Besides: `tried` and `found`,
+    every candidate of the units consumed and how many lay in the band, and the ratios seen."""
 
     candidates: int = 0
     accepted: int = 0
+    tried: int = 0
+    found: int = 0
     ratio_min: float = float("inf")
     ratio_max: float = float("-inf")
 
-    def add(self, ratios: np.ndarray, accepted: int) -> None:
+    def add(self, ratios: np.ndarray, found: int) -> None:
         """Count a unit's candidates; its ratios may hold NaN (outside the band, by a bound)."""
-        self.candidates += len(ratios)
-        self.accepted += accepted
+        self.tried += len(ratios)
+        self.found += found
         seen = ratios[~np.isnan(ratios)]
         if len(seen):
             self.ratio_min = min(self.ratio_min, float(seen.min()))
@@ -205,49 +212,62 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
     batch = max(1, min(batch, 2 * rows + 64))  # a few rows need no big unit (rows do not depend on it)
     cpu = device == "cpu"
     workers = (threads or cpu_threads()) if cpu else 1  # numba's count is per thread: read it here
-    queue: collections.deque = collections.deque()
+    queue: collections.deque = collections.deque()  # (first candidate, count, future) per unit
     dropped = threading.Event()  # set when the caller needs no more units (device path)
     start = done = 0
 
-    def wanted() -> int:
-        """Units to keep in flight: enough for the rows still missing, at the acceptance seen."""
+    def next_unit() -> int:
+        """Candidates of the next unit to start, 0 for none yet. The queue is kept `depth`
+        units deep (a few per CPU thread; PIPELINE_UNITS on a device) while the shard is far
+        from its rows; near the end it stops at about what the missing rows need, at the
+        acceptance seen so far, and the last unit is cut to that (its unused candidates would
+        be work for nothing)."""
         nonlocal workers
         if cpu and width is not None:
             workers = max(workers, width())
         depth = workers * (1 + LOOKAHEAD) if cpu else PIPELINE_UNITS
-        if not stats.candidates:  # a device starts with no more units than rows at 100%
-            return workers if cpu else min(depth, math.ceil(rows / batch))
-        rate = max(stats.accepted / stats.candidates, 1e-3)
-        return min(depth, max(1, math.ceil((rows - done) / rate / batch)))
+        if len(queue) >= depth:
+            return 0
+        if not stats.tried:  # nothing seen yet: one unit per thread (a device: no more than
+            first = workers if cpu else min(depth, math.ceil(rows / batch))  # rows at 100%)
+            return batch if len(queue) < first else 0
+        rate = max(stats.found / stats.tried, 1e-3)
+        missing = (rows - done) * TAIL_MARGIN - rate * sum(n for _, n, _ in queue)
+        if missing <= 0:
+            return 0 if queue else TAIL_UNIT
+        return min(batch, max(TAIL_UNIT, math.ceil(missing / rate)))
 
     try:
         while done < rows:
-            while len(queue) < wanted():
-                seeds, sims = candidate_seeds(shard_key, start, batch, cfg.sims_per_rule)
-                exact = stats.accepted == 0  # until a row is found, the ratio range may be reported
+            while (count := next_unit()):
+                seeds, sims = candidate_seeds(shard_key, start, count, cfg.sims_per_rule)
+                exact = stats.found == 0  # until a row is found, the ratio range may be reported
                 if cpu:
                     run = pool(workers, "ncagen-rows")  # a wider pool once width() grows
-                    queue.append(run.submit(_filtered_rows, cfg, band, seeds, sims, device, 1,
-                                            exact=exact))
+                    unit = run.submit(_filtered_rows, cfg, band, seeds, sims, device, 1,
+                                      exact=exact)
                 else:
-                    queue.append(_device_unit(cfg, band, seeds, sims, device, threads, dropped,
-                                              exact))
-                start += batch
-            cols, ratios = queue.popleft().result()
+                    unit = _device_unit(cfg, band, seeds, sims, device, threads, dropped, exact)
+                queue.append((start, count, unit))
+                start += count
+            first, _, unit = queue.popleft()
+            cols, ratios = unit.result()
             stats.add(ratios, len(cols["rule_seed"]))
             take = min(rows - done, len(cols["rule_seed"]))
             done += take
             if take:
+                stats.candidates = first + int(np.flatnonzero(band.mask(ratios))[take - 1]) + 1
+                stats.accepted = done
                 yield {k: v[:take] for k, v in cols.items()}
-            if stats.accepted == 0 and stats.candidates >= SEARCH_LIMIT:
+            if stats.found == 0 and stats.tried >= SEARCH_LIMIT:
                 raise BandUnreachable(
-                    f"band {band} looks unreachable for states={cfg.states}: {stats.candidates} "
+                    f"band {band} looks unreachable for states={cfg.states}: {stats.tried} "
                     f"random rules gave gzip ratios in [{stats.ratio_min:.3f}, "
                     f"{stats.ratio_max:.3f}], none strictly inside ({band.lo:g}, {band.hi:g})")
     finally:
         dropped.set()  # a device unit already running skips its tail
-        for future in queue:  # the caller stopped early: queued units are dropped, running ones
-            future.cancel()   # finish unseen
+        for _, _, future in queue:  # the caller stopped early: queued units are dropped,
+            future.cancel()         # running ones finish unseen
 
 
 def mix_order(counts: list[int]) -> np.ndarray:
@@ -318,6 +338,8 @@ def generate_parts(cfg: NCAConfig, parts: list[tuple[Band, int, int]], device: s
         for st in own:
             stats.candidates += st.candidates
             stats.accepted += st.accepted
+            stats.tried += st.tried
+            stats.found += st.found
             stats.ratio_min = min(stats.ratio_min, st.ratio_min)
             stats.ratio_max = max(stats.ratio_max, st.ratio_max)
 

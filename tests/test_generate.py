@@ -29,7 +29,26 @@ def test_rows_lie_in_band_and_ratio_recomputes(rows_mid):
     assert ((cols["gzip_ratio"] > 0.3) & (cols["gzip_ratio"] < 0.4)).all()
     for ids, r in zip(cols["input_ids"], cols["gzip_ratio"]):
         assert gzip_ratio_of_row(ids, CFG) == r
-    assert stats.accepted >= 120 and stats.candidates > stats.accepted
+    assert stats.accepted == 120 and stats.candidates > stats.accepted
+    assert stats.found >= 120 and stats.tried >= stats.candidates
+
+
+def test_recorded_counts_depend_on_the_rows_alone():
+    """A shard records the candidates up to its last row and its rows, whatever the units (and
+    so the device) were: its last candidate is its last row, and it holds exactly its rows."""
+    band, key, rows = Band(0.3, 0.4), 11, 90
+    seen = set()
+    for batch, threads in ((256, 1), (1024, 2), (37, 2), (4096, 1)):
+        stats = ShardStats()
+        cols = list(generate(CFG, band, key, rows, batch=batch, stats=stats, threads=threads))
+        seen.add((stats.candidates, stats.accepted, cols[-1]["rule_seed"][-1]))
+    assert len(seen) == 1, seen
+    candidates, accepted, last_seed = seen.pop()
+    assert accepted == rows
+    unfiltered = regenerate(CFG, *candidate_seeds(key, 0, candidates, CFG.sims_per_rule))
+    inside = band.mask(unfiltered["gzip_ratio"])
+    assert inside.sum() == rows and inside[-1]
+    assert unfiltered["rule_seed"][-1] == last_seed
 
 
 def test_decode_encode_roundtrip_on_real_rows(rows_mid):
