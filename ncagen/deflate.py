@@ -255,6 +255,8 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
     count = np.zeros(32768, np.int32)  # positions on each chain, position 0 included
     head4 = np.zeros(65536, np.int32)  # the same for the first four bytes (a sub-chain)
     prev4 = np.zeros(L, np.int32)
+    hash3 = np.zeros(L + 1, np.int32)  # hash of the 3 bytes at each position (zero padded)
+    hash4 = np.zeros(L + 1, np.int32)
     lfreq, llen, ldad = np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64)
     dfreq, dlen, ddad = np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64)
     bfreq, blen, bdad = np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64)
@@ -269,6 +271,12 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
     bounded = lo > 0.0 or hi < 1.0
     for b in range(B):
         win[:L] = raw[b]
+        for p in range(L + 1):  # every position's hashes, in one pass that vectorises
+            hash3[p] = ((np.int32(win[p]) << 10) ^ (np.int32(win[p + 1]) << 5)
+                        ^ np.int32(win[p + 2])) & 0x7FFF  # zlib's: 15 bits, shift 5
+            v = (np.int64(win[p]) | (np.int64(win[p + 1]) << 8) | (np.int64(win[p + 2]) << 16)
+                 | (np.int64(win[p + 3]) << 24))
+            hash4[p] = ((v * 2654435761) & 0xFFFFFFFF) >> 16  # any 16-bit hash: bytes are checked
         lfreq[:] = 0
         dfreq[:] = 0
         bfreq[:] = 0
@@ -284,16 +292,13 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
             h = 0
             if lookahead >= 3:  # INSERT_STRING(strstart)
                 s = strstart
-                h = ((np.int64(win[s]) << 10) ^ (np.int64(win[s + 1]) << 5)
-                     ^ np.int64(win[s + 2])) & 0x7FFF
+                h = hash3[s]
                 hash_head = head[h]
                 prev[s] = hash_head
                 head[h] = s
                 count[h] += 1
                 if s + 4 <= L:
-                    h4 = ((np.int64(win[s]) | (np.int64(win[s + 1]) << 8)
-                           | (np.int64(win[s + 2]) << 16) | (np.int64(win[s + 3]) << 24))
-                          * 2654435761 & 0xFFFFFFFF) >> 16
+                    h4 = hash4[s]
                     prev4[s] = head4[h4]
                     head4[h4] = s
                 inserted = s + 1
@@ -375,15 +380,12 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
                     strstart += 1
                     if strstart <= max_insert:  # INSERT_STRING(strstart)
                         s = strstart
-                        h = ((np.int64(win[s]) << 10) ^ (np.int64(win[s + 1]) << 5)
-                             ^ np.int64(win[s + 2])) & 0x7FFF
+                        h = hash3[s]
                         prev[s] = head[h]
                         head[h] = s
                         count[h] += 1
                         if s + 4 <= L:
-                            h4 = ((np.int64(win[s]) | (np.int64(win[s + 1]) << 8)
-                                   | (np.int64(win[s + 2]) << 16) | (np.int64(win[s + 3]) << 24))
-                                  * 2654435761 & 0xFFFFFFFF) >> 16
+                            h4 = hash4[s]
                             prev4[s] = head4[h4]
                             head4[h4] = s
                         inserted = s + 1
@@ -401,14 +403,9 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
         if match_available:
             lfreq[win[strstart - 1]] += 1
         for s in range(inserted):  # clear the tables for the next row
-            h = ((np.int64(win[s]) << 10) ^ (np.int64(win[s + 1]) << 5)
-                 ^ np.int64(win[s + 2])) & 0x7FFF
-            head[h] = 0
-            count[h] = 0
-            if s + 4 <= L:
-                head4[((np.int64(win[s]) | (np.int64(win[s + 1]) << 8)
-                        | (np.int64(win[s + 2]) << 16) | (np.int64(win[s + 3]) << 24))
-                       * 2654435761 & 0xFFFFFFFF) >> 16] = 0
+            head[hash3[s]] = 0
+            count[hash3[s]] = 0
+            head4[hash4[s]] = 0
         if bounded:
             # The size lies between two bounds that cost far less than the trees: above, the
             # block in zlib's fixed codes (zlib never writes more, but a stored block one byte
