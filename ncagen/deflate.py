@@ -20,6 +20,11 @@ The result is exactly zlib's size, not an estimate: `tests/test_deflate.py` comp
 candidates of several alphabets and on adversarial buffers, and `benchmarks/bench_deflate.py`
 on millions of candidates. It covers what a single deflate block with no window slide can hold
 (levels 4-9, the lazy parse, and 1 to MAX_EXACT bytes); anything else goes to zlib itself.
+
+The zlib it reproduces is the reference one (madler's zlib, whose deflate output has been the
+same since 1.2.x; checked against 1.2.13). Forks that compress differently (zlib-ng, the
+Cloudflare or Intel builds) give other sizes for the same data; ncagen's ratios do not follow
+them, so rows do not depend on which zlib a machine has.
 """
 
 from __future__ import annotations
@@ -73,8 +78,8 @@ def gzip_sizes(raw: np.ndarray, level: int = 9, band: tuple[float, float] = (0.0
                ) -> np.ndarray:
     """len(gzip.compress(row, level)) of each row of raw (B, L) uint8, as int64.
 
-    Given a band (lo, hi) other than (0, 1), a row whose ratio (size / L) is sure to lie outside
-    [lo, hi] may get -1 instead of its size (a bound said so, at a fraction of the cost)."""
+    Given a band (lo, hi) other than (0, 1), a row whose ratio (size / L) a bound puts surely
+    outside it (at or beyond an edge) may get -1 instead of its size, at a fraction of the cost."""
     raw = np.ascontiguousarray(raw, np.uint8)
     B, L = raw.shape
     if level not in LAZY_LEVELS or not 1 <= L <= MAX_EXACT:
