@@ -293,20 +293,21 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
         match_available = False
         inserted = 0  # positions 0 .. inserted-1 are on the chains
         while lookahead > 0:
-            hash_head = 0
-            h = 0
-            if lookahead >= 3:  # INSERT_STRING(strstart)
-                s = strstart
+            # INSERT_STRING: zlib puts every position with 3 bytes left on its chain, in order,
+            # each before any search further on (the ones a match covers as it is emitted)
+            while inserted <= min(strstart, L - 3):
+                s = inserted
                 h = hash3[s]
-                hash_head = head[h]
-                prev[s] = hash_head
+                prev[s] = head[h]
                 head[h] = s
                 count[h] += 1
                 if s + 4 <= L:
                     h4 = hash4[s]
                     prev4[s] = head4[h4]
                     head4[h4] = s
-                inserted = s + 1
+                inserted += 1
+            h = hash3[strstart]
+            hash_head = prev[strstart] if lookahead >= 3 else 0
             prev_length, prev_match = match_length, match_start
             match_length = 2
             if hash_head != 0 and prev_length < max_lazy and strstart - hash_head <= MAX_DIST:
@@ -376,27 +377,14 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
                 if match_length == 3 and strstart - match_start > TOO_FAR:
                     match_length = 2
             if prev_length >= 3 and match_length <= prev_length:
-                # the previous match wins: count it, insert the strings it covers
-                max_insert = strstart + lookahead - 3
+                # the previous match wins: count it and move past it (the strings it covers go
+                # on their chains before the next search, above)
                 lfreq[257 + length_code[prev_length - 3]] += 1
                 dfreq[dist_code[strstart - 1 - prev_match - 1]] += 1
                 lookahead -= prev_length - 1
-                for _ in range(prev_length - 2):
-                    strstart += 1
-                    if strstart <= max_insert:  # INSERT_STRING(strstart)
-                        s = strstart
-                        h = hash3[s]
-                        prev[s] = head[h]
-                        head[h] = s
-                        count[h] += 1
-                        if s + 4 <= L:
-                            h4 = hash4[s]
-                            prev4[s] = head4[h4]
-                            head4[h4] = s
-                        inserted = s + 1
+                strstart += prev_length - 1
                 match_available = False
                 match_length = 2
-                strstart += 1
             elif match_available:
                 lfreq[win[strstart - 1]] += 1
                 strstart += 1
