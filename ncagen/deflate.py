@@ -16,6 +16,9 @@ does it for a whole batch in one compiled call:
 3. zlib's choice of block type (stored, fixed or dynamic codes) from those bit counts, and the
    gzip member's 10-byte header and 8-byte trailer.
 
+Given a band, a row whose size bounds put it outside the band skips step 2, and a row the
+bound of its first symbols already puts above the band stops its parse there.
+
 The result is exactly zlib's size, not an estimate: `tests/test_deflate.py` compares them on real
 candidates of several alphabets and on adversarial buffers, and `benchmarks/bench_deflate.py`
 on millions of candidates. It covers what a single deflate block with no window slide can hold
@@ -101,6 +104,7 @@ _njit = functools.partial(numba.njit, cache=True, nogil=True)  # module level: n
 HEAP_SIZE = 573  # 2 * 286 + 1: zlib's heap, shared by the three trees
 MAX_DIST = 32768 - 262  # the window minus MIN_LOOKAHEAD
 TOO_FAR = 4096
+EARLY_CHECK = 48  # bytes parsed between two checks of the band bound during the parse
 
 
 @_njit(inline="always")
@@ -274,6 +278,7 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
         flogf[f] = f * np.log2(np.float64(f))
     lo, hi = band[0], band[1]
     bounded = lo > 0.0 or hi < 1.0
+    early = hi < 1.0  # the parse may stop once the row is surely above the band
     for b in range(B):
         win[:L] = raw[b]
         for p in range(L + 1):  # every position's hashes, in one pass that vectorises
@@ -292,7 +297,22 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
         match_length, match_start, prev_length, prev_match = 2, 0, 2, 0
         match_available = False
         inserted = 0  # positions 0 .. inserted-1 are on the chains
+        # With a band's upper edge below 1, the bound below can end the parse early: the symbols
+        # counted so far are final (the parse never takes one back), and their bound only grows
+        # with more symbols (sum f log2(N/f) does not fall when a count rises), so once it puts
+        # the row above the band, the whole row's would too.
+        n_lit, lit_sum, n_dist, dist_sum, xbits, stat_bits = 1, 0.0, 0, 0.0, 0, 0  # EOB counted
+        next_check = EARLY_CHECK
+        cut = False
         while lookahead > 0:
+            if early and strstart >= next_check:
+                next_check = strstart + EARLY_CHECK
+                entropy = (flogf[n_lit] - lit_sum) + (flogf[n_dist] - dist_sum)
+                dyn_low = np.int64(np.floor(entropy * (1.0 - 1e-9))) + xbits + 26
+                low = 18 + min((dyn_low + 3 + 7) >> 3, (stat_bits + 3 + 7) >> 3, L + 5)
+                if low / L >= hi + 1e-6:
+                    cut = True
+                    break
             # INSERT_STRING: zlib puts every position with 3 bytes left on its chain, in order,
             # each before any search further on (the ones a match covers as it is emitted)
             while inserted <= min(strstart, L - 3):
@@ -379,14 +399,31 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
             if prev_length >= 3 and match_length <= prev_length:
                 # the previous match wins: count it and move past it (the strings it covers go
                 # on their chains before the next search, above)
-                lfreq[257 + length_code[prev_length - 3]] += 1
-                dfreq[dist_code[strstart - 1 - prev_match - 1]] += 1
+                code = 257 + length_code[prev_length - 3]
+                dcode = dist_code[strstart - 1 - prev_match - 1]
+                f = lfreq[code]
+                lfreq[code] = f + 1
+                g = dfreq[dcode]
+                dfreq[dcode] = g + 1
+                if early:
+                    lit_sum += flogf[f + 1] - flogf[f]
+                    dist_sum += flogf[g + 1] - flogf[g]
+                    n_lit += 1
+                    n_dist += 1
+                    xbits += lit_extra[code - 257] + dist_extra[dcode]
+                    stat_bits += static_lit[code] + lit_extra[code - 257] + 5 + dist_extra[dcode]
                 lookahead -= prev_length - 1
                 strstart += prev_length - 1
                 match_available = False
                 match_length = 2
             elif match_available:
-                lfreq[win[strstart - 1]] += 1
+                c = win[strstart - 1]
+                f = lfreq[c]
+                lfreq[c] = f + 1
+                if early:
+                    lit_sum += flogf[f + 1] - flogf[f]
+                    n_lit += 1
+                    stat_bits += static_lit[c]
                 strstart += 1
                 lookahead -= 1
             else:
@@ -399,6 +436,9 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
             head[hash3[s]] = 0
             count[hash3[s]] = 0
             head4[hash4[s]] = 0
+        if cut:
+            out[b] = -1
+            continue
         if bounded:
             # The size lies between two bounds that cost far less than the trees: above, the
             # block in zlib's fixed codes (zlib never writes more, but a stored block one byte
