@@ -61,11 +61,20 @@ def kill_session(sid: int, grace: float = 5.0) -> None:
     raise AssertionError(f"processes of session {sid} survived SIGKILL: {session_pids(sid)}")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process has not
+    handed out before: a Ray node is given several at once, and the kernel may offer a port it
+    just released again (once gcs_server and object_manager got the same one)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def child_sessions(sid: int) -> set[int]:
