@@ -38,7 +38,7 @@ import zlib
 import numba
 import numpy as np
 
-MAX_EXACT = 16_382  # bytes: up to here zlib (memLevel 8) makes one block and never slides its window
+MAX_EXACT = 16_382  # bytes: up to here zlib (memLevel 8) makes one block, never sliding its window
 GZIP_FRAMING = 18  # the gzip member's header (10 bytes, no name) and trailer (CRC32, length)
 
 # zlib's configuration table for the levels that use the lazy parse: (good_length, max_lazy,
@@ -89,7 +89,8 @@ def gzip_sizes(raw: np.ndarray, level: int = 9, band: tuple[float, float] = (0.0
         return np.array([len(zlib.compress(raw[b].tobytes(), level, 31)) for b in range(B)],
                         np.int64)
     out = np.empty(B, np.int64)
-    _sizes(raw, np.array(LAZY_LEVELS[level], np.int64), np.array(band, np.float64), out, *_tables_cached())
+    params = np.array(LAZY_LEVELS[level], np.int64)
+    _sizes(raw, params, np.array(band, np.float64), out, *_tables_cached())
     return out
 
 
@@ -100,7 +101,7 @@ def _tables_cached() -> tuple:
             t["bl_order"], t["static_lit"], t["static_dist"])
 
 
-_njit = functools.partial(numba.njit, cache=True, nogil=True)  # module level: numba caches it on disk
+_njit = functools.partial(numba.njit, cache=True, nogil=True)  # module level: cached on disk
 HEAP_SIZE = 573  # 2 * 286 + 1: zlib's heap, shared by the three trees
 MAX_DIST = 32768 - 262  # the window minus MIN_LOOKAHEAD
 TOO_FAR = 4096
@@ -266,9 +267,10 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
     prev4 = np.zeros(L, np.int32)
     hash3 = np.zeros(L + 1, np.int32)  # hash of the 3 bytes at each position (zero padded)
     hash4 = np.zeros(L + 1, np.int32)
-    lfreq, llen, ldad = np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64)
-    dfreq, dlen, ddad = np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64)
-    bfreq, blen, bdad = np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64), np.zeros(HEAP_SIZE, np.int64)
+    trees = np.zeros((9, HEAP_SIZE), np.int64)  # frequencies, code lengths, parents of each tree:
+    lfreq, llen, ldad = trees[0], trees[1], trees[2]  # literals and lengths
+    dfreq, dlen, ddad = trees[3], trees[4], trees[5]  # distances
+    bfreq, blen, bdad = trees[6], trees[7], trees[8]  # the code lengths of those two
     heap = np.zeros(HEAP_SIZE, np.int64)
     key = np.zeros(HEAP_SIZE, np.int64)  # frequency << 9 | depth, the heap's order
     bl_count = np.zeros(16, np.int64)
