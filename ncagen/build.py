@@ -280,4 +280,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m ncagen.build") ->
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import exit_now
+
+    exit_now(main())

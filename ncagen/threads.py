@@ -16,11 +16,27 @@ from concurrent.futures import ThreadPoolExecutor
 @functools.lru_cache(maxsize=None)
 def pool(workers: int, name: str) -> ThreadPoolExecutor:
     """The process's pool of `workers` threads for one stage (pools of different stages nest)."""
+    _MADE.add((workers, name))
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
 
+_MADE: set[tuple[int, str]] = set()  # the keys `pool` has made a pool for
+
+
+def close_pools() -> None:
+    """Shut down the pools this process made (each first finishes the work it holds)."""
+    for workers, name in list(_MADE):
+        pool(workers, name).shutdown(wait=True)
+    _forget()
+
+
+def _forget() -> None:
+    _MADE.clear()
+    pool.cache_clear()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=pool.cache_clear)
+    os.register_at_fork(after_in_child=_forget)
 
 
 def default_workers() -> int:

@@ -170,3 +170,30 @@ def test_config_difference_names_what_changed_and_survives_a_damaged_record():
     assert "grid: 16 there, 12 now" in config_difference({**ours, "nca": {"grid": 16}}, ours)
     assert "there" in config_difference("not a dict", ours)  # a line, not a traceback
     assert "there" in config_difference({**ours, "nca": [1]}, ours)
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_exit_now_keeps_the_status_the_output_and_the_exit_handlers(tmp_path, busy):
+    """`exit_now`, how the commands end (skipping the interpreter's teardown): the status
+    stands, buffered output and exit handlers are not lost, ncagen's idle thread pools and a
+    still-running non-daemon thread (then the ordinary exit, which waits) finish first."""
+    script = f"""
+import atexit, pathlib, sys, threading, time
+from ncagen.cli import exit_now
+from ncagen.threads import pool
+tmp = pathlib.Path({str(tmp_path)!r})
+atexit.register(lambda: (tmp / "handler").write_text("ran"))
+pool(2, "t").submit(lambda: (time.sleep(0.3), (tmp / "pooled").write_text("done")))
+if {busy}:
+    threading.Thread(target=lambda: (time.sleep(0.5), (tmp / "thread").write_text("done"))).start()
+sys.stdout.write("no newline, still buffered")
+exit_now(3)
+print("not reached")
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 3, res.stderr
+    assert res.stdout == "no newline, still buffered"
+    assert (tmp_path / "handler").read_text() == "ran"
+    assert (tmp_path / "pooled").read_text() == "done"
+    assert (tmp_path / "thread").exists() == busy

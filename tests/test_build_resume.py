@@ -119,3 +119,34 @@ def test_last_shard_takes_the_cores_the_others_left(tmp_path, ray_env):
     assert main([*args, "--out", str(ref), "--executor", "local"]) == 0
     assert shards_of(ref).keys() == shards_of(out).keys()
     assert all(sha256(ref / rel) == sha256(out / rel) for rel in shards_of(out))
+
+
+def test_private_ray_stops_its_monitor_before_the_rest(tmp_path, ray_env):
+    """The build's close kills a private Ray's autoscaler monitor first (left to ray.shutdown,
+    it is sent SIGTERM after the GCS is gone and hangs a second before being killed): the
+    monitor is gone, the GCS still up and the cluster still runs tasks; then shutdown
+    leaves no process behind. A real private Ray (ray.init) stands in for a user's."""
+    script = """
+import ray
+from ncagen.executors import _stop_monitor
+ray.init(num_cpus=1, include_dashboard=False)
+procs = ray._private.worker._global_node.all_processes
+monitor, gcs = procs["monitor"][0].process, procs["gcs_server"][0].process
+assert monitor.poll() is None, "no monitor running to begin with"
+_stop_monitor()
+assert monitor.poll() is not None, "the monitor survived"
+assert gcs.poll() is None, "the GCS went with it"
+assert ray.get(ray.remote(lambda: 7).remote()) == 7
+ray.shutdown()
+print("ok")
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=ray_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        stragglers = reap_session(proc.pid)
+    assert proc.returncode == 0 and out.strip() == "ok", err[-3000:]
+    assert not stragglers, f"Ray processes outlived ray.shutdown: {stragglers}"
