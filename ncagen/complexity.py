@@ -32,14 +32,19 @@ def ratio_bytes(patch_tokens: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(patch_tokens, dtype="<i4").reshape(B, width).view(np.uint8)
 
 
-def _map_rows(fn, raw: np.ndarray, workers: int) -> np.ndarray:
-    """Apply fn(buffer) -> int to each row of raw (B, L) on `workers` threads, in chunks."""
+def _map_rows(make, raw: np.ndarray, workers: int) -> np.ndarray:
+    """fn(buffer) -> int for each row of raw (B, L), on `workers` threads in chunks; each chunk
+    calls make() once for its own fn (a compressor must not be shared between threads)."""
     B, L = raw.shape
     if B == 0:
         return np.zeros(0, np.int64)
     flat = memoryview(np.ascontiguousarray(raw).reshape(-1))  # rows as slices, no copies
+
+    def work(lo: int, hi: int) -> list[int]:
+        fn = make()
+        return [fn(flat[i * L:(i + 1) * L]) for i in range(lo, hi)]
+
     cuts = [B * k // min(workers, B) for k in range(min(workers, B) + 1)]
-    work = lambda lo, hi: [fn(flat[i * L:(i + 1) * L]) for i in range(lo, hi)]  # noqa: E731
     if len(cuts) > 2:
         parts = list(pool(workers, "ncagen-zip").map(work, cuts[:-1], cuts[1:]))
     else:
@@ -77,7 +82,8 @@ def zlib_gzip_ratios(patch_tokens: np.ndarray, level: int = 9, workers: int | No
                      ) -> np.ndarray:
     """gzip_ratios by zlib itself: the reference (and the time zlib takes)."""
     raw = ratio_bytes(patch_tokens)
-    sizes = _map_rows(lambda b: len(zlib.compress(b, level, 31)), raw, workers or default_workers())
+    sizes = _map_rows(lambda: lambda b: len(zlib.compress(b, level, 31)), raw,
+                      workers or default_workers())
     return (sizes / raw.shape[1]).astype(np.float32)
 
 
@@ -86,18 +92,13 @@ def zstd_ratios(patch_tokens: np.ndarray, level: int = 3, workers: int | None = 
     import zstandard
 
     raw = ratio_bytes(patch_tokens)
-    workers = workers or default_workers()
-    local = {}
 
-    def size(b: bytes) -> int:
-        import threading
+    def make():
+        compress = zstandard.ZstdCompressor(level=level).compress
+        return lambda b: len(compress(b))
 
-        tid = threading.get_ident()
-        if tid not in local:  # a ZstdCompressor must not be shared between threads
-            local[tid] = zstandard.ZstdCompressor(level=level)
-        return len(local[tid].compress(b))
-
-    return (_map_rows(size, raw, workers) / max(raw.shape[1], 1)).astype(np.float32)
+    return (_map_rows(make, raw, workers or default_workers()) / max(raw.shape[1], 1)
+            ).astype(np.float32)
 
 
 def gzip_ratio_of_row(input_ids, cfg: NCAConfig) -> float:

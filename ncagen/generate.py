@@ -39,7 +39,7 @@ from .config import Band, NCAConfig
 from .rollout import advance, cpu_threads, init_state, noise_keys
 from .rules import RuleParams, sample_rules
 from .threads import default_workers, pool
-from .tokens import encode_grids, to_sequence
+from .tokens import encode_grids, to_sequence, to_sequence_of
 
 DEFAULT_BATCH = 1024  # candidates per unit of work on the CPU (a GPU wants far more)
 SEARCH_LIMIT = 20_000  # candidates tried without a single accepted row before giving up
@@ -169,7 +169,7 @@ def _filtered_rows(cfg: NCAConfig, band: Band, rule_seeds: np.ndarray, sims: np.
     if not len(keep):
         input_ids = np.zeros((0, cfg.seq_len), np.int32)
     elif tail is not None:
-        input_ids = to_sequence(np.concatenate([tokens, tail.result()[0]], axis=1), cfg)
+        input_ids = to_sequence_of(tokens, tail.result()[0], cfg)
     else:
         input_ids = to_sequence(tokens, cfg)
     return {

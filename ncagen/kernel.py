@@ -49,8 +49,8 @@ def kernel(T1, b1_, W2_, b2_, W3_, b3_, state, keys, t0, t1, burn_in, dt, rec_of
     flat_out = out.reshape(out.shape[0], K, GG)  # (B, K, G*G)
     Tf = T1.reshape(T1.shape[0], 9 * n * C1)  # (B, 9*n*C1): T[o, s, c] at (o*n + s)*C1 + c
     tab = np.empty(3 * max(N3, 1) * C1, np.float32)
-    mid = np.empty(n * n, np.float32)
-    right = np.empty(n * n, np.float32)
+    mid = np.empty(n * n * C1, np.float32)
+    right = np.empty(n * n * C1, np.float32)
     cur = np.zeros(GGP, np.uint8)
     nxt = np.zeros(GGP, np.uint8)
     pad = np.zeros((G + 2) * W, np.int32)  # the grid with a wrapped border, rows of width W
@@ -65,17 +65,19 @@ def kernel(T1, b1_, W2_, b2_, W3_, b3_, state, keys, t0, t1, burn_in, dt, rec_of
     lmax = math.log(-math.log(0.5 * 1.1102230246251565e-16))  # largest log(-log(u)): lowest g
     for b in range(lo, hi):
         T, b1, W2, b2, W3, b3, key = Tf[b], b1_[b], W2_[b], b2_[b], W3_[b], b3_[b], keys[b]
-        if N3:  # tab[(dy*C1 + c)*N3 + (s0*n + s1)*n + s2] = (T[3dy,s0,c] + T[3dy+1,s1,c]) + T[3dy+2,s2,c]
+        if N3:  # tab[(dy*N3 + (s0*n + s1)*n + s2)*C1 + c] = (T[3dy,s0,c] + T[3dy+1,s1,c]) + T[3dy+2,s2,c]
             for dy in range(3):
-                for c in range(C1):
-                    for k in range(n * n):  # the centre and right terms of every (s1, s2)
-                        mid[k] = T[((3 * dy + 1) * n + k // n) * C1 + c]
-                        right[k] = T[((3 * dy + 2) * n + k % n) * C1 + c]
-                    for s0 in range(n):
-                        left = T[(3 * dy * n + s0) * C1 + c]
-                        base = (dy * C1 + c) * N3 + s0 * n * n
-                        for k in range(n * n):
-                            tab[base + k] = (left + mid[k]) + right[k]
+                for k in range(n * n):  # the centre and right terms of every (s1, s2), by channel
+                    for c in range(C1):
+                        mid[k * C1 + c] = T[((3 * dy + 1) * n + k // n) * C1 + c]
+                        right[k * C1 + c] = T[((3 * dy + 2) * n + k % n) * C1 + c]
+                for s0 in range(n):
+                    o = (3 * dy * n + s0) * C1
+{left_terms}
+                    base = (dy * N3 + s0 * n * n) * C1
+                    for k in range(n * n):  # the channels written out: the loop vectorises
+                        q = k * C1
+{table_terms}
         for i in range(GG):
             cur[i] = flat_state[b, i]
         frozen = False
@@ -103,9 +105,9 @@ def kernel(T1, b1_, W2_, b2_, W3_, b3_, state, keys, t0, t1, burn_in, dt, rec_of
                 for y in range(G):
                     for x in range(G):
                         i = y * G + x
-                        a = codes[y * W + x]
-                        m = C1 * N3 + codes[(y + 1) * W + x]
-                        d = 2 * C1 * N3 + codes[(y + 2) * W + x]
+                        a = codes[y * W + x] * C1  # a row triple's channels lie side by side
+                        m = (N3 + codes[(y + 1) * W + x]) * C1
+                        d = (2 * N3 + codes[(y + 2) * W + x]) * C1
                         for c in range(C1):
                             h1[c * GGP + i] = {l1_sum}
             else:
@@ -224,12 +226,16 @@ def kernel_source(n: int, C1: int, H: int, G: int, ib: bool, table: bool, bias: 
     GG = G * G
     GGP = -(-GG // LANES) * LANES
     N3 = n ** 3 if table else 0
-    l1 = "(tab[c * N3 + a] + tab[c * N3 + m]) + tab[c * N3 + d]"
+    l1 = "(tab[a + c] + tab[m + c]) + tab[d + c]"
+    pad = " " * 20
+    left = "\n".join(f"{pad}l{c} = T[o + {c}]" for c in range(C1))
+    fill = "\n".join(f"{pad}    tab[base + q + {c}] = (l{c} + mid[q + {c}]) + right[q + {c}]"
+                     for c in range(C1))
     return (_HEADER.format(n=n, C1=C1, H=H, G=G, ib=ib, bias=bias)
             + _layers_source(n, C1, H, GG, GGP, ib, bias)
             + _STEP.format(n=n, C1=C1, H=H, G=G, GG=GG, GGP=GGP, W=G + 2, N3=N3,
-                           l1_sum=f"((b1[c] + tab[c * N3 + a]) + tab[c * N3 + m]) + tab[c * N3 + d]"
-                           if bias else l1))
+                           l1_sum="((b1[c] + tab[a + c]) + tab[m + c]) + tab[d + c]" if bias else l1,
+                           left_terms=left, table_terms=fill))
 
 
 def cache_dir() -> pathlib.Path:

@@ -54,10 +54,23 @@ def init_state(rule_seeds: np.ndarray, sims: np.ndarray, cfg: NCAConfig) -> np.n
     z = np.sqrt(-2.0 * np.log(u[:, :n])) * np.cos(2.0 * np.pi * u[:, n:2 * n])  # Box-Muller
     p = np.exp(z - z.max(axis=1, keepdims=True))
     cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)  # (B, n)
-    cells = np.zeros((len(keys), G * G), np.uint8)
-    for k in range(n - 1):  # a cell's state = how many cdf steps its uniform exceeds
-        cells += u[:, 2 * n:] > cdf[:, k:k + 1]
-    return cells.reshape(-1, G, G)
+    return _categorical(u, cdf, 2 * n).reshape(-1, G, G)
+
+
+@numba.njit(cache=True, nogil=True)
+def _categorical(u, cdf, first):  # pragma: no cover - compiled
+    """Each cell's state: how many of the first n-1 cdf steps its uniform u[b, first + i]
+    exceeds (comparisons only, so exactly numpy's `(u > cdf[:, k]).sum` over k)."""
+    B, n = cdf.shape
+    cells = np.empty((B, u.shape[1] - first), np.uint8)
+    for b in range(B):
+        for i in range(cells.shape[1]):
+            x = u[b, first + i]
+            c = 0
+            for k in range(n - 1):
+                c += x > cdf[b, k]
+            cells[b, i] = c
+    return cells
 
 
 def noise_keys(rule_seeds: np.ndarray, sims: np.ndarray) -> np.ndarray:

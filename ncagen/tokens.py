@@ -101,6 +101,39 @@ def to_sequence(patch_tokens: np.ndarray, cfg: NCAConfig) -> np.ndarray:
     return np.ascontiguousarray(flat[:, :cfg.seq_len])
 
 
+def to_sequence_of(head: np.ndarray, tail: np.ndarray, cfg: NCAConfig) -> np.ndarray:
+    """to_sequence of head's grids then tail's, (B, T1, P) and (B, T2, P), in one compiled pass
+    (no concatenated or framed copies in between)."""
+    B, T1, P = head.shape
+    assert tail.shape[0] == B and tail.shape[2] == P, "head and tail rows do not match"
+    assert (T1 + tail.shape[1]) * cfg.tokens_per_grid >= cfg.seq_len, "not enough grids for one sequence"
+    out = np.empty((B, cfg.seq_len), np.int32)
+    _frame(np.ascontiguousarray(head), np.ascontiguousarray(tail), cfg.grid_start, cfg.grid_end,
+           out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _frame(head, tail, start, end, out):  # pragma: no cover - compiled
+    B, T1, P = head.shape
+    T2, L = tail.shape[1], out.shape[1]
+    for b in range(B):
+        k = 0
+        for t in range(T1 + T2):
+            if k >= L:
+                break
+            out[b, k] = start
+            k += 1
+            for j in range(P):
+                if k >= L:
+                    break
+                out[b, k] = head[b, t, j] if t < T1 else tail[b, t - T1, j]
+                k += 1
+            if k < L:
+                out[b, k] = end
+                k += 1
+
+
 def from_sequence(input_ids, cfg: NCAConfig) -> np.ndarray:
     """input_ids (seq_len,) -> the patch tokens (T, P) of its complete grids, delimiters checked."""
     ids = np.asarray(input_ids, dtype=np.int64)

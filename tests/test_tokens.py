@@ -6,7 +6,7 @@ import torch
 
 from ncagen.config import NCAConfig
 from ncagen.tokens import (decode_grids, decode_sequence, encode_grids, from_sequence,
-                           render_strip, to_sequence)
+                           render_strip, to_sequence, to_sequence_of)
 
 
 def test_patch_layout_matches_spec():
@@ -40,6 +40,23 @@ def test_sequence_framing_and_cut():
     back = decode_sequence(ids[1], cfg)
     assert back.shape == (26, 12, 12)
     assert np.array_equal(back, grids[1, :26])
+
+
+@pytest.mark.parametrize("seq_len", [380, 381, 417, 418, 1024, 1026])
+@pytest.mark.parametrize("states", [2, 10])
+def test_sequence_of_head_and_tail_is_the_concatenated_sequence(seq_len, states):
+    """The generator frames a row's head grids and tail grids in one pass: the same ids as
+    framing their concatenation, wherever seq_len cuts (inside a grid, on a delimiter)."""
+    cfg = NCAConfig(states=states, seq_len=seq_len)
+    rng = np.random.default_rng(seq_len)
+    grids = -(-seq_len // cfg.tokens_per_grid) + 1  # one grid more than needed
+    tokens = rng.integers(0, states ** 4, (7, grids, 36))
+    head, tail = tokens[:, :10], tokens[:, 10:]
+    want = to_sequence(np.concatenate([head, tail], axis=1), cfg)
+    got = to_sequence_of(head, tail, cfg)
+    assert got.dtype == np.int32 and got.shape == (7, seq_len)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(from_sequence(got[0], cfg), tokens[0, :seq_len // 38])
 
 
 def test_from_sequence_rejects_bad_framing():
