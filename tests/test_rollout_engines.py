@@ -64,6 +64,42 @@ def test_engines_agree_when_the_cells_do_not_fill_whole_vector_lanes():
     assert 0 < frozen.sum() < 40  # the freeze shortcut is taken by some rows, not all
 
 
+@pytest.mark.parametrize("temperature", [0.02, 0.3, 2.0])
+def test_engines_agree_where_near_ties_are_the_rule(temperature):
+    """At a high temperature nearly every cell is a near tie, and the CPU kernel mostly decides
+    them by its bound (a state whose Gumbel term, bounded by the edge of its uniform's bucket,
+    cannot beat the argmax's lowest noisy logit needs no logarithm): the draws must still be
+    those of the torch engine's plain Gumbel-max over every state."""
+    cfg = NCAConfig(temperature=temperature)
+    out_nb, end_nb, out_pt, end_pt = _both_engines(cfg, 40, K=10)
+    assert np.array_equal(out_nb, out_pt) and np.array_equal(end_nb, end_pt)
+    plain = np.zeros_like(out_nb)  # the same rules at the default temperature
+    advance(*_batch(NCAConfig(), 40), 0, cfg.record_time(9), NCAConfig(), plain)
+    assert not np.array_equal(out_nb, plain)  # the noise did decide cells
+
+
+def test_gumbel_bound_holds_across_each_bucket():
+    """The bound's premise: the compiled log(-log(u)) at any u of a bucket lies within EDGE_EPS
+    of the range between its values at the bucket's edges (checked at random uniforms, at the
+    edges themselves and at their neighbouring doubles)."""
+    import math
+
+    import numba
+
+    from ncagen.kernel import EDGE_BUCKETS as NB, EDGE_EPS
+
+    gumbel = numba.njit(lambda u: math.log(-math.log(u)))
+    edge = np.array([gumbel(q / NB) if 0 < q < NB else np.nan for q in range(NB + 1)])
+    rng = np.random.default_rng(0)
+    us = np.concatenate([rng.random(200_000), np.arange(1, NB) / NB])
+    us = np.concatenate([us, np.nextafter(us, 0.0), np.nextafter(us, 1.0)])
+    for u in us:
+        q = int(u * NB)
+        if 0 < q < NB - 1:
+            g = gumbel(u)
+            assert edge[q + 1] - EDGE_EPS <= g <= edge[q] + EDGE_EPS, (u, g)
+
+
 def test_kernel_source_is_cached_under_ncagen_cache_dir(tmp_path):
     import os
     import subprocess
