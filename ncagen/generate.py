@@ -48,6 +48,7 @@ PIPELINE_UNITS = 3  # on a device: one unit on the cores, one on the device, one
 PREP_CHUNK = 1024  # fewest candidates a thread samples rules and initial grids for
 TAIL_UNIT = 64  # fewest candidates of a unit cut to what a shard's last rows need
 TAIL_MARGIN = 1.25  # a last unit tries this many times the candidates its rows need, on average
+TAIL_SHARE = 2  # near the end a unit takes at most 1 / (TAIL_SHARE * units in flight) of the rest
 MIX_CHUNK = 1024  # rows of a mixture shard assembled at a time (rows do not depend on it)
 
 
@@ -232,10 +233,14 @@ def generate(cfg: NCAConfig, band: Band, shard_key: int, rows: int, device: str 
             first = workers if cpu else min(depth, math.ceil(rows / batch))  # rows at 100%)
             return batch if len(queue) < first else 0
         rate = max(stats.found / stats.tried, 1e-3)
-        missing = (rows - done) * TAIL_MARGIN - rate * sum(n for _, n, _ in queue)
+        queued = sum(n for _, n, _ in queue)
+        missing = (rows - done) * TAIL_MARGIN - rate * queued
         if missing <= 0:
             return 0 if queue else TAIL_UNIT
-        return min(batch, max(TAIL_UNIT, math.ceil(missing / rate)))
+        # within a few units of the end, units shrink to a share of what is left, so the unit
+        # the last row falls in (the rest of it is work for nothing) is a small one
+        share = math.ceil((rows - done) / rate / (TAIL_SHARE * depth))
+        return min(batch, max(TAIL_UNIT, min(math.ceil(missing / rate), share)))
 
     try:
         while done < rows:
