@@ -124,18 +124,21 @@ def to_table(cols: dict, cfg: NCAConfig, band_names: str | list[str]) -> pa.Tabl
 
 
 def _regroup(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
-    """Re-chunk a stream of tables into tables of `rows` rows (the last may be shorter)."""
+    """Re-chunk a stream of tables into tables of `rows` rows (the last may be shorter), each
+    one contiguous chunk: the Parquet writer cuts its pages by batches of values, so a row group
+    fed in pieces whose rows are not whole batches (seq_len not a multiple of 1024) could be
+    encoded differently, and a file's bytes would depend on how its rows were batched."""
     pending, count = [], 0
     for t in tables:
         pending.append(t)
         count += t.num_rows
         while count >= rows:
             whole = pa.concat_tables(pending)
-            yield whole.slice(0, rows)
+            yield whole.slice(0, rows).combine_chunks()
             rest = whole.slice(rows)
             pending, count = ([rest] if rest.num_rows else []), rest.num_rows
     if count:
-        yield pa.concat_tables(pending)
+        yield pa.concat_tables(pending).combine_chunks()
 
 
 def write_shard(store: Storage, rel_path: str, tables: Iterable[pa.Table], schema_: pa.Schema,

@@ -245,3 +245,30 @@ def test_progress_reports_rows_while_a_shard_runs(tmp_path):
     assert any(0 < c < 30000 for c in counts), res.stderr  # rows seen before the shard finished
     assert all("tok/s" in ln and "ETA" in ln for ln in lines)
     assert "[ncagen] 1/1 shards  30,000/30,000 rows" in res.stderr
+
+
+@pytest.mark.parametrize("seq_len", [380, 1024])
+def test_a_shard_file_depends_on_its_rows_not_their_batches(tmp_path, seq_len):
+    """The same rows, handed to the writer in batches of other sizes (a widened shard's or
+    another device's units), make the same file bytes, also where a row is not a whole batch
+    of the Parquet writer's values (seq_len 380)."""
+    import numpy as np
+
+    from ncagen import shards
+    from ncagen.config import Band, NCAConfig
+    from ncagen.generate import generate
+    from ncagen.storage import Storage
+
+    cfg = NCAConfig(seq_len=seq_len)
+    rows = list(generate(cfg, Band(0.5, 1.0), 7, 3000))  # pages of 1 MiB: several per file
+    whole = {k: np.concatenate([b[k] for b in rows]) for k in rows[0]}
+    digests = set()
+    for cuts in ([3000], [1234, 1766], [1, 1500, 1499], [1003] * 2 + [994]):
+        edges = np.cumsum([0, *cuts])
+        tables = (shards.to_table({k: v[lo:hi] for k, v in whole.items()}, cfg, "band_50_100")
+                  for lo, hi in zip(edges[:-1], edges[1:]))
+        store = Storage(str(tmp_path / f"s{len(digests)}-{len(cuts)}"))
+        res = shards.write_shard(store, "x.parquet", tables, shards.schema(cfg),
+                                 lambda: {"tokens": 0})
+        digests.add(res.sha256)
+    assert len(digests) == 1, digests
