@@ -8,35 +8,29 @@ threads, and work sent to it would wait forever: the cache is cleared in every f
 
 from __future__ import annotations
 
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+_POOLS: dict[tuple[int, str], ThreadPoolExecutor] = {}
 
-@functools.lru_cache(maxsize=None)
+
 def pool(workers: int, name: str) -> ThreadPoolExecutor:
     """The process's pool of `workers` threads for one stage (pools of different stages nest)."""
-    _MADE.add((workers, name))
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-
-
-_MADE: set[tuple[int, str]] = set()  # the keys `pool` has made a pool for
+    key = (workers, name)
+    if key not in _POOLS:  # a pool starts no thread before its first task: a racing twin is free
+        _POOLS.setdefault(key, ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name))
+    return _POOLS[key]
 
 
 def close_pools() -> None:
     """Shut down the pools this process made (each first finishes the work it holds)."""
-    for workers, name in list(_MADE):
-        pool(workers, name).shutdown(wait=True)
-    _forget()
-
-
-def _forget() -> None:
-    _MADE.clear()
-    pool.cache_clear()
+    for executor in list(_POOLS.values()):
+        executor.shutdown(wait=True)
+    _POOLS.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget)
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def default_workers() -> int:
