@@ -17,7 +17,7 @@ does it for a whole batch in one compiled call:
    gzip member's 10-byte header and 8-byte trailer.
 
 Given a band, a row whose size bounds put it outside the band skips step 2, and a row the
-bound of its first symbols already puts above the band stops its parse there.
+bounds of its first symbols already put above or below the band stops its parse there.
 
 The result is exactly zlib's size, not an estimate: `tests/test_deflate.py` compares them on real
 candidates of several alphabets and on adversarial buffers, and `benchmarks/bench_deflate.py`
@@ -103,34 +103,41 @@ def _tables_cached() -> tuple:
 
 _njit = functools.partial(numba.njit, cache=True, nogil=True)  # module level: cached on disk
 HEAP_SIZE = 573  # 2 * 286 + 1: zlib's heap, shared by the three trees
+NODE_BITS = 10  # a heap entry packs its node (< HEAP_SIZE) under its key
+NODE_MASK = (1 << NODE_BITS) - 1
+SENTINEL = 1 << 62  # a key above any: the empty slot after the heap's last entry
 MAX_DIST = 32768 - 262  # the window minus MIN_LOOKAHEAD
 TOO_FAR = 4096
 EARLY_CHECK = 48  # bytes parsed between two checks of the band bound during the parse
 
 
 @_njit(inline="always")
-def downheap(heap, heap_len, key, k):  # pragma: no cover - compiled
-    """zlib's pqdownheap. key[n] = freq[n] << 9 | depth[n] orders nodes as zlib's `smaller`
-    does (by frequency, then depth), in one comparison."""
+def downheap(heap, heap_len, k):  # pragma: no cover - compiled
+    """zlib's pqdownheap on packed entries, key << NODE_BITS | node, key = freq << 9 | depth:
+    comparing the keys (entry >> NODE_BITS) orders nodes as zlib's `smaller` does (by
+    frequency, then depth), equal keys left to the heap's positions as in zlib. heap[heap_len +
+    1] must hold SENTINEL, so the right child needs no bounds check (it never wins there), and
+    heap must reach 2 * heap_len + 3: each level reads its grandchildren while it compares."""
     v = heap[k]
-    kv = key[v]
+    kv = v >> NODE_BITS
     j = k << 1
+    a, b = heap[j], heap[j + 1]  # the children
     while j <= heap_len:
-        hj = heap[j]
-        if j < heap_len:
-            right = heap[j + 1]
-            if key[right] <= key[hj]:
-                j += 1
-                hj = right
-        if kv <= key[hj]:
+        g0, g1, g2, g3 = heap[2 * j], heap[2 * j + 1], heap[2 * j + 2], heap[2 * j + 3]
+        c = np.int64((b >> NODE_BITS) <= (a >> NODE_BITS))  # zlib takes the right on a tie
+        j += c  # the child picked without a branch: which one is a coin toss, mispredicted
+        hj = a + c * (b - a)
+        if kv <= (hj >> NODE_BITS):
             break
-        heap[k] = hj
+        heap[k] = hj  # k < j: never one of the grandchildren read above
         k = j
         j <<= 1
+        a = g0 + c * (g2 - g0)  # its children, read before the choice: no wait on a load
+        b = g1 + c * (g3 - g1)
     heap[k] = v
 
 @_njit(inline="always")
-def build_tree(freq, length, dad, elems, stree, extra, base, max_length, heap, key,
+def build_tree(freq, length, dad, elems, stree, extra, base, max_length, heap,
                bl_count):  # pragma: no cover - compiled
     """zlib's build_tree + gen_bitlen: code lengths into `length`; returns (max_code, the
     bits of the data in these codes, the bits in the fixed codes)."""
@@ -138,10 +145,9 @@ def build_tree(freq, length, dad, elems, stree, extra, base, max_length, heap, k
     stat = 0
     heap_len, heap_max, max_code = 0, HEAP_SIZE, -1
     for n in range(elems):
-        key[n] = freq[n] << 9
         if freq[n] != 0:
             heap_len += 1
-            heap[heap_len] = n
+            heap[heap_len] = (freq[n] << (9 + NODE_BITS)) | n
             max_code = n
         else:
             length[n] = 0
@@ -152,36 +158,40 @@ def build_tree(freq, length, dad, elems, stree, extra, base, max_length, heap, k
         else:
             node = 0
         heap_len += 1
-        heap[heap_len] = node
+        heap[heap_len] = (1 << (9 + NODE_BITS)) | node
         freq[node] = 1
-        key[node] = 1 << 9
         opt -= 1
         if stree.shape[0]:
             stat -= stree[node]
+    heap[heap_len + 1] = SENTINEL
     for k in range(heap_len // 2, 0, -1):
-        downheap(heap, heap_len, key, k)
+        downheap(heap, heap_len, k)
     node = elems
     while True:
-        n = heap[1]
+        pn = heap[1]
         heap[1] = heap[heap_len]
+        heap[heap_len] = SENTINEL
         heap_len -= 1
-        downheap(heap, heap_len, key, 1)
-        m = heap[1]
+        downheap(heap, heap_len, 1)
+        pm = heap[1]
+        n = pn & NODE_MASK
+        m = pm & NODE_MASK
         heap_max -= 1
         heap[heap_max] = n
         heap_max -= 1
         heap[heap_max] = m
-        freq[node] = freq[n] + freq[m]
-        key[node] = freq[node] << 9 | (max(key[n] & 511, key[m] & 511) + 1)
+        f = freq[n] + freq[m]
+        freq[node] = f
+        depth = max((pn >> NODE_BITS) & 511, (pm >> NODE_BITS) & 511) + 1
         dad[n] = node
         dad[m] = node
-        heap[1] = node
+        heap[1] = (((f << 9) | depth) << NODE_BITS) | node
         node += 1
-        downheap(heap, heap_len, key, 1)
+        downheap(heap, heap_len, 1)
         if heap_len < 2:
             break
     heap_max -= 1
-    heap[heap_max] = heap[1]
+    heap[heap_max] = heap[1] & NODE_MASK  # the root
     # gen_bitlen: lengths from the root down, capped at max_length, then repaired
     bl_count[:] = 0
     length[heap[heap_max]] = 0
@@ -271,8 +281,7 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
     lfreq, llen, ldad = trees[0], trees[1], trees[2]  # literals and lengths
     dfreq, dlen, ddad = trees[3], trees[4], trees[5]  # distances
     bfreq, blen, bdad = trees[6], trees[7], trees[8]  # the code lengths of those two
-    heap = np.zeros(HEAP_SIZE, np.int64)
-    key = np.zeros(HEAP_SIZE, np.int64)  # frequency << 9 | depth, the heap's order
+    heap = np.zeros(HEAP_SIZE + 3, np.int64)  # + 3: the grandchildren downheap reads ahead
     bl_count = np.zeros(16, np.int64)
     no_stree = np.zeros(0, np.int64)
     flogf = np.zeros(L + 2, np.float64)  # f * log2(f), for the entropy bound
@@ -281,6 +290,8 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
     lo, hi = band[0], band[1]
     bounded = lo > 0.0 or hi < 1.0
     early = hi < 1.0  # the parse may stop once the row is surely above the band
+    early_low = lo > 0.0  # or surely below it
+    track = early or early_low
     for b in range(B):
         win[:L] = raw[b]
         for p in range(L + 1):  # every position's hashes, in one pass that vectorises
@@ -302,19 +313,31 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
         # With a band's upper edge below 1, the bound below can end the parse early: the symbols
         # counted so far are final (the parse never takes one back), and their bound only grows
         # with more symbols (sum f log2(N/f) does not fall when a count rises), so once it puts
-        # the row above the band, the whole row's would too.
+        # the row above the band, the whole row's would too. With a lower edge above 0, a bound
+        # from above can: zlib never writes more than its fixed-code block (+ 1 byte, a stored
+        # one), which costs the fixed codes of the symbols so far plus at most 9 bits for every
+        # byte not yet counted: a literal takes 8 or 9; a match of 3-10 bytes 7 for its length
+        # (no extra bits) and at most 5 + 13 for its distance, 25 <= 9 * 3; a longer one at
+        # most 8 + 5 + 5 + 13 = 31 < 9 * 11.
         n_lit, lit_sum, n_dist, dist_sum, xbits, stat_bits = 1, 0.0, 0, 0.0, 0, 0  # EOB counted
         next_check = EARLY_CHECK
         cut = False
         while lookahead > 0:
-            if early and strstart >= next_check:
+            if track and strstart >= next_check:
                 next_check = strstart + EARLY_CHECK
-                entropy = (flogf[n_lit] - lit_sum) + (flogf[n_dist] - dist_sum)
-                dyn_low = np.int64(np.floor(entropy * (1.0 - 1e-9))) + xbits + 26
-                low = 18 + min((dyn_low + 3 + 7) >> 3, (stat_bits + 3 + 7) >> 3, L + 5)
-                if low / L >= hi + 1e-6:
-                    cut = True
-                    break
+                if early:
+                    entropy = (flogf[n_lit] - lit_sum) + (flogf[n_dist] - dist_sum)
+                    dyn_low = np.int64(np.floor(entropy * (1.0 - 1e-9))) + xbits + 26
+                    low = 18 + min((dyn_low + 3 + 7) >> 3, (stat_bits + 3 + 7) >> 3, L + 5)
+                    if low / L >= hi + 1e-6:
+                        cut = True
+                        break
+                if early_low:  # bytes before strstart are counted, but a pending one
+                    rest = L - strstart + (1 if match_available else 0)
+                    high = 18 + ((stat_bits + 7 + 9 * rest + 3 + 7) >> 3) + 1  # 7: the EOB
+                    if high / L <= lo - 1e-6:
+                        cut = True
+                        break
             # INSERT_STRING: zlib puts every position with 3 bytes left on its chain, in order,
             # each before any search further on (the ones a match covers as it is emitted)
             while inserted <= min(strstart, L - 3):
@@ -407,13 +430,14 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
                 lfreq[code] = f + 1
                 g = dfreq[dcode]
                 dfreq[dcode] = g + 1
+                if track:
+                    stat_bits += static_lit[code] + lit_extra[code - 257] + 5 + dist_extra[dcode]
                 if early:
                     lit_sum += flogf[f + 1] - flogf[f]
                     dist_sum += flogf[g + 1] - flogf[g]
                     n_lit += 1
                     n_dist += 1
                     xbits += lit_extra[code - 257] + dist_extra[dcode]
-                    stat_bits += static_lit[code] + lit_extra[code - 257] + 5 + dist_extra[dcode]
                 lookahead -= prev_length - 1
                 strstart += prev_length - 1
                 match_available = False
@@ -422,10 +446,11 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
                 c = win[strstart - 1]
                 f = lfreq[c]
                 lfreq[c] = f + 1
+                if track:
+                    stat_bits += static_lit[c]
                 if early:
                     lit_sum += flogf[f + 1] - flogf[f]
                     n_lit += 1
-                    stat_bits += static_lit[c]
                 strstart += 1
                 lookahead -= 1
             else:
@@ -448,44 +473,51 @@ def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra
             # length-limited or not, spends fewer bits) plus the 26 header bits every
             # dynamic block has, or the fixed or stored block if smaller. A row whose bounds
             # lie outside the band is out of it: its size is not needed (written as -1).
-            xbits = 0
+            # (the entropy only where it could matter: low <= high, so below hi unless high is)
             stat_bits = 0
-            n_lit = 0
-            sum_lit = 0.0
-            for n in range(286):
-                f = lfreq[n]
-                if f:
-                    extra = lit_extra[n - 257] if n >= 257 else 0
-                    xbits += f * extra
-                    stat_bits += f * (static_lit[n] + extra)
-                    n_lit += f
-                    sum_lit += flogf[f]
-            n_dist = 0
-            sum_dist = 0.0
+            for n in range(257):  # loops without branches: they vectorise
+                stat_bits += lfreq[n] * static_lit[n]
+            for n in range(257, 286):
+                stat_bits += lfreq[n] * (static_lit[n] + lit_extra[n - 257])
             for n in range(30):
-                f = dfreq[n]
-                if f:
-                    xbits += f * dist_extra[n]
-                    stat_bits += f * (5 + dist_extra[n])
-                    n_dist += f
-                    sum_dist += flogf[f]
-            entropy = (flogf[n_lit] - sum_lit) + (flogf[n_dist] - sum_dist)
-            dyn_low = np.int64(np.floor(entropy * (1.0 - 1e-9))) + xbits + 26
+                stat_bits += dfreq[n] * (5 + dist_extra[n])
             static_bytes = (stat_bits + 3 + 7) >> 3
-            low = 18 + min((dyn_low + 3 + 7) >> 3, static_bytes, L + 5)
             high = 18 + static_bytes + 1
-            if low / L >= hi + 1e-6 or high / L <= lo - 1e-6:
+            if high / L <= lo - 1e-6:
                 out[b] = -1
                 continue
+            if high / L >= hi + 1e-6:
+                xbits = 0
+                n_lit = 0
+                sum_lit = 0.0
+                for n in range(286):
+                    f = lfreq[n]
+                    if f:
+                        xbits += f * (lit_extra[n - 257] if n >= 257 else 0)
+                        n_lit += f
+                        sum_lit += flogf[f]
+                n_dist = 0
+                sum_dist = 0.0
+                for n in range(30):
+                    f = dfreq[n]
+                    if f:
+                        xbits += f * dist_extra[n]
+                        n_dist += f
+                        sum_dist += flogf[f]
+                entropy = (flogf[n_lit] - sum_lit) + (flogf[n_dist] - sum_dist)
+                dyn_low = np.int64(np.floor(entropy * (1.0 - 1e-9))) + xbits + 26
+                low = 18 + min((dyn_low + 3 + 7) >> 3, static_bytes, L + 5)
+                if low / L >= hi + 1e-6:
+                    out[b] = -1
+                    continue
         # -- _tr_flush_block: the three trees and the cheapest block type --
         lmax, lopt, lstat = build_tree(lfreq, llen, ldad, 286, static_lit, lit_extra, 257, 15,
-                                       heap, key, bl_count)
+                                       heap, bl_count)
         dmax, dopt, dstat = build_tree(dfreq, dlen, ddad, 30, static_dist, dist_extra, 0, 15,
-                                       heap, key, bl_count)
+                                       heap, bl_count)
         scan_tree(llen, lmax, bfreq)
         scan_tree(dlen, dmax, bfreq)
-        _, bopt, _ = build_tree(bfreq, blen, bdad, 19, no_stree, bl_extra, 0, 7, heap, key,
-                                bl_count)
+        _, bopt, _ = build_tree(bfreq, blen, bdad, 19, no_stree, bl_extra, 0, 7, heap, bl_count)
         max_blindex = 18
         while max_blindex >= 3 and blen[bl_order[max_blindex]] == 0:
             max_blindex -= 1

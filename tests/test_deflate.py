@@ -66,6 +66,36 @@ def test_sizes_of_adversarial_buffers_are_zlibs(length):
     assert np.array_equal(deflate.gzip_sizes(raw), zlib_sizes(raw))
 
 
+def test_trees_with_ties_and_length_limits_are_zlibs():
+    """Huffman trees where zlib's choices are easy to get wrong: byte counts following the
+    Fibonacci numbers (the unlimited tree is 16-18 levels deep, so zlib's length-limit repair
+    runs), and many symbols of equal counts (which of two equal nodes zlib's heap gives first
+    decides the code lengths, and so the header), at three lazy levels."""
+    rng = np.random.default_rng(7)
+    fib = [1, 1]
+    while len(fib) < 21:
+        fib.append(fib[-1] + fib[-2])
+    by_length: dict[int, list[np.ndarray]] = {}
+    for length, depths in ((4181, (17,)), (16_382, (17, 18, 19))):
+        for k in depths:
+            for _ in range(6):
+                symbols = rng.choice(256, k, replace=False).astype(np.uint8)
+                row = np.repeat(symbols, fib[:k])
+                row = np.concatenate([row, np.full(length - len(row), symbols[-1], np.uint8)])
+                rng.shuffle(row)
+                by_length.setdefault(length, []).append(row)
+    for length in (300, 1440, 16_382):
+        for k in (2, 3, 50, 255):
+            for _ in range(6):
+                row = np.resize(rng.choice(256, k, replace=False).astype(np.uint8), length)
+                rng.shuffle(row)
+                by_length.setdefault(length, []).append(row)
+    for rows in by_length.values():
+        raw = np.stack(rows)
+        for level in (9, 6, 4):
+            assert np.array_equal(deflate.gzip_sizes(raw, level), zlib_sizes(raw, level)), level
+
+
 def test_outside_its_reach_it_asks_zlib():
     raw = np.random.default_rng(1).integers(0, 4, (3, deflate.MAX_EXACT + 1), dtype=np.uint8)
     assert np.array_equal(deflate.gzip_sizes(raw), zlib_sizes(raw))

@@ -144,7 +144,7 @@ def test_console_command(repo_root, tmp_path):
     res = ncagen(repo_root, tmp_path, "build", "--help")
     assert res.returncode == 0 and res.stdout.startswith("usage: ncagen build") and "--rows" in res.stdout
     res = ncagen(repo_root, tmp_path, "--version")
-    assert (res.returncode, res.stdout.strip()) == (0, "ncagen 0.2.2")
+    assert (res.returncode, res.stdout.strip()) == (0, "ncagen 0.2.3")
     for args in (["bogus", "--rows", "1"], [], ["card"], ["build", "--rows", "inf", "--out", "x"]):
         res = ncagen(repo_root, tmp_path, *args)
         assert res.returncode == 2, (args, res.stderr)
