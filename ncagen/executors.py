@@ -19,7 +19,7 @@ from .worker import DeviceError, pick_device, run_shard
 
 MAX_RETRIES = 4  # Ray reruns a shard whose worker process or node died this many times
 POLL_SECONDS = 1.0  # how often the driver collects the workers' running row counts
-WIDEN_SECONDS = 1.0  # how often a shard of a private Ray asks whether it may use idle cores
+WIDEN_SECONDS = 0.25  # how often a shard of a private Ray asks whether it may use idle cores
 
 
 class LocalExecutor:
@@ -292,25 +292,25 @@ def _ray_shard(task: ShardTask, out: str, device: str, batch, tally, fallback: b
 class Widener:
     """A shard's `width()`: the cores it may use now. Once no shard of the build waits for a
     core, the shards still running on a node share all its CPUs (the tail of a build would
-    otherwise leave cores idle). Asks the tally at most every WIDEN_SECONDS, never blocking."""
+    otherwise leave cores idle). Asks the tally at most every WIDEN_SECONDS (only a private
+    Ray widens, so the tally hears from a machine's shards, never a cluster's), takes the
+    answer at the first call after it came, and never blocks."""
 
     def __init__(self, tally, node: str):
         import ray
 
         res = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node), {})
         self.tally, self.node, self.cpus = tally, node, int(res.get("CPU", 1))
-        self.value, self.ref, self.asked = 1, None, time.monotonic()
+        self.value, self.ref, self.asked = 1, None, time.monotonic() - WIDEN_SECONDS
 
     def __call__(self) -> int:
         import ray
 
-        now = time.monotonic()
-        if now - self.asked < WIDEN_SECONDS:  # generate asks often: answer from memory
-            return self.value
-        self.asked = now
         if self.ref is not None and ray.wait([self.ref], timeout=0)[0]:
             self.value, self.ref = max(self.value, ray.get(self.ref)), None
-        if self.ref is None:
+        now = time.monotonic()
+        if self.ref is None and now - self.asked >= WIDEN_SECONDS:
+            self.asked = now
             self.ref = self.tally.width.remote(self.node, self.cpus)
         return self.value
 
