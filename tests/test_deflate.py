@@ -5,6 +5,7 @@ the spec defines the ratio by its output size.
 """
 
 import gzip
+import heapq
 import zlib
 
 import numpy as np
@@ -66,24 +67,43 @@ def test_sizes_of_adversarial_buffers_are_zlibs(length):
     assert np.array_equal(deflate.gzip_sizes(raw), zlib_sizes(raw))
 
 
+def huffman_depth(counts) -> int:
+    """Depth of an unlimited Huffman tree on the nonzero counts."""
+    heap = [(c, 0) for c in counts if c]
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        (a, da), (b, db) = heapq.heappop(heap), heapq.heappop(heap)
+        heapq.heappush(heap, (a + b, max(da, db) + 1))
+    return heap[0][1]
+
+
 def test_trees_with_ties_and_length_limits_are_zlibs():
-    """Huffman trees where zlib's choices are easy to get wrong: byte counts following the
-    Fibonacci numbers (the unlimited tree is 16-18 levels deep, so zlib's length-limit repair
-    runs), and many symbols of equal counts (which of two equal nodes zlib's heap gives first
-    decides the code lengths, and so the header), at three lazy levels."""
-    rng = np.random.default_rng(7)
+    """Huffman trees where zlib's choices are easy to get wrong, at three lazy levels:
+    - a literal tree deeper than zlib's 15 bits, so its length-limit repair runs: one byte of each
+      count 1, 2, 3, 5, 8, ... (the end-of-block code is the only other 1) under 70-90 equally
+      frequent bytes, which leave the parse few repeats to take (16 of these 180 rows overflow
+      after the parse; the code-length tree's 7-bit repair runs in the real candidates' test);
+    - many symbols of equal counts: which of two equal nodes zlib's heap gives first decides the
+      code lengths, and so the header."""
     fib = [1, 1]
-    while len(fib) < 21:
+    while len(fib) < 14:
         fib.append(fib[-1] + fib[-2])
     by_length: dict[int, list[np.ndarray]] = {}
-    for length, depths in ((4181, (17,)), (16_382, (17, 18, 19))):
-        for k in depths:
-            for _ in range(6):
-                symbols = rng.choice(256, k, replace=False).astype(np.uint8)
-                row = np.repeat(symbols, fib[:k])
-                row = np.concatenate([row, np.full(length - len(row), symbols[-1], np.uint8)])
+    deep = 0
+    for uniform in (70, 90):
+        for chain in (11, 12, 13):
+            for seed in range(30):
+                rng = np.random.default_rng(seed)
+                symbols = rng.permutation(256).astype(np.uint8)
+                counts = fib[1:chain]
+                row = np.concatenate([np.repeat(symbols[:chain - 1], counts),
+                                      rng.choice(symbols[chain:chain + uniform],
+                                                 16_382 - sum(counts))])
                 rng.shuffle(row)
-                by_length.setdefault(length, []).append(row)
+                by_length.setdefault(len(row), []).append(row)
+                deep += huffman_depth([*np.bincount(row, minlength=256), 1]) > 15
+    assert deep == 180  # the rows' byte counts alone ask for more than 15 bits
+    rng = np.random.default_rng(7)
     for length in (300, 1440, 16_382):
         for k in (2, 3, 50, 255):
             for _ in range(6):
