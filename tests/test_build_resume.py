@@ -100,10 +100,11 @@ def test_killed_build_resumes_to_the_uninterrupted_dataset(tmp_path, ray_env):
 
 
 def test_last_shard_takes_the_cores_the_others_left(tmp_path, ray_env):
-    """Embedded Ray, 2 CPUs, a 10,000-row shard beside a 500-row one: once the small one is
+    """Embedded Ray, 2 CPUs, a 15,000-row shard beside a 500-row one: once the small one is
     done and no shard waits, the big one widens to both cores (its record says so), and the
-    rows are those of a single-process build (rows never depend on the thread count)."""
-    args = ["--rows", "10500", "--shard-rows", "10000", "--seq-len", "380"]
+    rows are those of a single-process build (rows never depend on the thread count). The big
+    shard outlives the small one by about 2 s here, several of the widener's asks."""
+    args = ["--rows", "15500", "--shard-rows", "15000", "--seq-len", "380"]
     out, ref = tmp_path / "out", tmp_path / "ref"
     res = subprocess.run([sys.executable, "-m", "ncagen.build", *args, "--out", str(out),
                           "--executor", "ray"], cwd=tmp_path, env=ray_env,
@@ -112,7 +113,7 @@ def test_last_shard_takes_the_cores_the_others_left(tmp_path, ray_env):
     records = json.loads((out / "ncagen.json").read_text())["shards"]
     threads = {r["rows"]: r["threads"] for r in records.values()}
     cores = len(os.sched_getaffinity(0))  # what the embedded Ray declares (2 in CI)
-    assert threads == {10000: cores, 500: max(1, cores // 2)}, threads
+    assert threads == {15000: cores, 500: max(1, cores // 2)}, threads
 
     from ncagen.build import main
 
