@@ -93,7 +93,6 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; one thread, batches of {args.batch:,}", flush=True)
     for text in args.band or ["0.5-1.0", "0.3-0.4"]:
