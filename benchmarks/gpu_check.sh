@@ -20,24 +20,47 @@
 #                     the eager step and whether its grids equal the eager ones bit for bit
 # Every step's output goes to stdout and to $OUT/<step>.log ($OUT if set, else
 # /tmp/ncagen-gpu-check); $OUT/summary.txt lists each step's exit status and seconds.
-# PYTHON picks the interpreter (default python). Nothing is installed: the machine needs this
-# repository's dependencies (`pip install -e ".[test]"`, with a CUDA build of torch); the env
-# step says what is missing. On a machine without a GPU the CUDA steps fail fast (pytest_gpu
-# still runs the stand-in pipeline tests). The steps' own limits add up to more than the
-# budget: on a slow machine the last ones (fidelity, compiled_step) are skipped, said so in
-# summary.txt.
+#
+# The machine: PYTHON picks the interpreter (default python3, else python). Nothing is fetched
+# (a GPU machine may reach no network): it needs this repository's dependencies already there,
+# less Ray, or carried as wheels in ./.whl (ignored by git), which are installed first into a
+# temp folder put on PYTHONPATH. The H200 image of this workplace has torch, numba, pyarrow and
+# the rest, but no zstandard (every kept row's zstd ratio needs it) and no Ray, whose wheel is
+# larger than a device call may carry: `bash benchmarks/gpu_wheels.sh` fetches the wheels it
+# lacks (for its Python, 3.12), to carry as `.whl`. Without Ray the build step runs with
+# `--executor local` (on one GPU the same shard order; the cores do the ratios). The env step
+# says what is missing. On a machine without a GPU the CUDA steps fail fast (pytest_gpu still
+# runs the stand-in pipeline tests). The steps' own limits add up to more than the budget: on a
+# slow machine the last ones (fidelity, compiled_step) are skipped, said so in summary.txt.
+#
+# GPU_CHECK_REHEARSAL=1 runs every step on the CPU stand-ins (the torch engine on the CPU for
+# the device, the CPU engine for the build and fidelity) at small sizes: the script's own
+# plumbing (wheels, imports, arguments, the executor without Ray) checked on any machine before
+# a loan's minutes are spent on it.
 
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 LOGS="${OUT:-/tmp/ncagen-gpu-check}"
 BUDGET="${GPU_CHECK_BUDGET:-480}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 CORES="$(nproc)"
 SCRATCH="$(mktemp -d /tmp/ncagen-gpu-check.XXXXXX)"
 trap 'rm -rf "$SCRATCH"' EXIT
 mkdir -p "$LOGS"
 : > "$LOGS/summary.txt"
+REHEARSAL="${GPU_CHECK_REHEARSAL:-0}"
+
+# carried wheels (benchmarks/gpu_wheels.sh): installed into the scratch folder, never the system
+if compgen -G ".whl/*.whl" > /dev/null; then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$SCRATCH/site" .whl/*.whl; then
+        export PYTHONPATH="$SCRATCH/site:$PYTHONPATH"
+        echo "carried wheels installed: $(cd .whl && ls -- *.whl | tr '\n' ' ')" | tee -a "$LOGS/summary.txt"
+    else
+        echo "carried wheels: pip install failed (see above)" | tee -a "$LOGS/summary.txt"
+    fi
+fi
 
 # step NAME LIMIT CMD...: run CMD under timeout (LIMIT, or less if the budget has less left),
 # its output to stdout and $LOGS/NAME.log; one line per step in $LOGS/summary.txt
@@ -61,39 +84,60 @@ step() {
 
 cat > "$SCRATCH/env_check.py" <<'PY'
 import importlib, os, sys
+rehearsal = os.environ.get("GPU_CHECK_REHEARSAL", "0") not in ("", "0")
 missing = []
-for name in ("numpy", "numba", "pyarrow", "zstandard", "ray", "matplotlib", "scipy", "pytest", "torch"):
+for name in ("numpy", "numba", "pyarrow", "zstandard", "matplotlib", "scipy", "pytest", "torch", "ray"):
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "?"))
     except ImportError as e:
-        missing.append(f"{name} ({e})")
+        if name == "ray":
+            print("ray missing: the build step runs with --executor local")
+        else:
+            missing.append(f"{name} ({e})")
 import ncagen
 print(f"python {sys.version.split()[0]}, ncagen {ncagen.__version__} from {ncagen.__file__}, {os.cpu_count()} cores")
 if missing:
-    sys.exit("missing: " + ", ".join(missing) + '; install with pip install -e ".[test]"')
+    sys.exit("missing: " + ", ".join(missing) + " (carry wheels: bash benchmarks/gpu_wheels.sh)")
 import torch
 print(f"torch CUDA build {torch.version.cuda}, cuda available {torch.cuda.is_available()}")
-if not torch.cuda.is_available():
+if not torch.cuda.is_available() and not rehearsal:
     sys.exit("torch sees no CUDA GPU: a CPU build of torch, or no driver")
 for i in range(torch.cuda.device_count()):
     p = torch.cuda.get_device_properties(i)
     print(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")
 PY
 
-step nvidia_smi 20 nvidia-smi
+# the real run, or the rehearsal's stand-ins and sizes
+if ((REHEARSAL)); then
+    DEV=torch-cpu BUILD_DEV=cpu FID_DEV=cpu BATCH=512 REPEAT=1
+    ROWS_50=300 ROWS_BUILD=2000 ROWS_30=100 ROWS_FID=200 ROWS_FID2=400
+    echo "rehearsal: CPU stand-ins at small sizes, no figure of this run is a GPU's" | tee -a "$LOGS/summary.txt"
+else
+    DEV=cuda BUILD_DEV=cuda FID_DEV=cuda BATCH=32768 REPEAT=3
+    ROWS_50=100000 ROWS_BUILD=160000 ROWS_30=20000 ROWS_FID=2000 ROWS_FID2=4000
+fi
+EXECUTOR=ray
+"$PY" -c "import ray" 2> /dev/null || EXECUTOR=local
+
+if ((REHEARSAL)) || ! command -v nvidia-smi > /dev/null; then
+    echo "nvidia_smi: skipped, $( ((REHEARSAL)) && echo rehearsal || echo 'no nvidia-smi')" | tee -a "$LOGS/summary.txt"
+else
+    step nvidia_smi 20 nvidia-smi
+fi
 step env 60 "$PY" "$SCRATCH/env_check.py"
-step pytest_gpu 150 "$PY" -m pytest -q -rs tests/test_gpu.py tests/test_pipeline.py
-step bench_gpu 100 "$PY" benchmarks/bench_gpu.py --device cuda --batch 32768 --repeat 3
-step pipeline_50_100 70 "$PY" benchmarks/bench_pipeline.py --device cuda --band 0.5-1.0 \
-    --rows 100000 --batch 32768 --threads "$CORES" --repeat 2
-step build_164M 150 "$PY" -m ncagen.build --band 0.5-1.0 --states 10 --rows 160000 \
-    --device cuda --out "$SCRATCH/band_50_100"
+step pytest_gpu 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_pipeline.py
+step bench_gpu 100 "$PY" benchmarks/bench_gpu.py --device "$DEV" --batch "$BATCH" --repeat "$REPEAT"
+step pipeline_50_100 70 "$PY" benchmarks/bench_pipeline.py --device "$DEV" --band 0.5-1.0 \
+    --rows "$ROWS_50" --batch "$BATCH" --threads "$CORES" --repeat 2
+step build_164M 150 "$PY" -m ncagen.build --band 0.5-1.0 --states 10 --rows "$ROWS_BUILD" \
+    --device "$BUILD_DEV" --executor "$EXECUTOR" --out "$SCRATCH/band_50_100"
 find "$SCRATCH" -name ncagen.json -size -2M -exec cp {} "$LOGS/build_164M_manifest.json" \; 2>/dev/null
 rm -rf "$SCRATCH/band_50_100"
-step pipeline_30_40 60 "$PY" benchmarks/bench_pipeline.py --device cuda --band 0.3-0.4 \
-    --rows 20000 --batch 32768 --threads "$CORES" --repeat 2
-step fidelity 100 "$PY" benchmarks/fidelity.py --device cuda --rows 2000 --binary-rows 4000
-step compiled_step 150 "$PY" benchmarks/bench_gpu.py --device cuda --batch 32768 --repeat 2 \
+step pipeline_30_40 60 "$PY" benchmarks/bench_pipeline.py --device "$DEV" --band 0.3-0.4 \
+    --rows "$ROWS_30" --batch "$BATCH" --threads "$CORES" --repeat 2
+step fidelity 100 "$PY" benchmarks/fidelity.py --device "$FID_DEV" --rows "$ROWS_FID" \
+    --binary-rows "$ROWS_FID2"
+step compiled_step 150 "$PY" benchmarks/bench_gpu.py --device "$DEV" --batch "$BATCH" --repeat 2 \
     --compile --temperature 1e-4 --temperature 0.02
 
 echo "=== summary (${SECONDS} s in all; logs in $LOGS)"
