@@ -1,7 +1,7 @@
 """Throughput of the torch rollout engine on a GPU: candidates/s and tokens/s at a GPU's batch.
 
     python benchmarks/bench_gpu.py [--device cuda] [--batch 32768] [--states 10]
-                                   [--temperature 1e-4 --temperature 0.02] [--repeat 3] [--compile]
+                                   [--temperature 1e-4 --temperature 0.02] [--repeat 3] [--compile] [--fused]
 
 For each temperature, `--repeat` times (medians printed), on one batch of fresh candidates:
   head      `rollout_tokens` to the first ratio_grids grids, what every candidate costs before
@@ -15,6 +15,8 @@ For each temperature, `--repeat` times (medians printed), on one batch of fresh 
             (`rollout.compiled_network`, torch.compile), and whether its grids, and its logits
             of the first grids, equal the eager step's bit for bit (the compile itself happens
             in the warm-up, untimed)
+  fused     with --fused: the same for the opt-in Triton kernel of `ncagen.gpu_kernel` (one
+            launch a step; needs triton)
 and the peak GPU memory. At temperature 0.02 most cells are near ties and take the Gumbel draw
 (the spec's 1e-4 has few), so it is the engine's slow case. Without CUDA it exits with status 2
 and says so; `--device torch-cpu` (rollout.TORCH_CPU, the same torch code on the CPU) with a
@@ -48,25 +50,34 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def logits_equal(cfg, params, state, device: str) -> bool:
-    """Whether the compiled network's logits of the grids `state` are the eager ones, bit for bit
-    (a stricter test than the grids, which a 1-ulp difference rarely changes)."""
+def logits_equal(cfg, params, state, device: str, engine: str) -> bool:
+    """Whether the `engine` network's logits of the grids `state` are the eager ones, bit for
+    bit (a stricter test than the grids, which a 1-ulp difference rarely changes)."""
     import numpy as np
     import torch
 
-    from ncagen.rollout import TORCH_CPU, _neighbour_index, _network_torch, compiled_network
+    from ncagen.rollout import (NEAR_TIE, TORCH_CPU, _neighbour_index, _network_torch,
+                                compiled_network)
 
     dev = torch.device("cpu" if device == TORCH_CPU else device)
     weights = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (
         params.offset_table(), params.b1, params.w2, params.b2, params.w3, params.b3)]
     cur = torch.from_numpy(state).to(dev).long().reshape(len(state), -1)  # (B, G*G)
-    args = (*weights, cur, _neighbour_index(cfg.grid).to(dev), float(cfg.identity_bias))
-    return torch.equal(compiled_network()(*args), _network_torch(*args))
+    nbr = _neighbour_index(cfg.grid).to(dev)
+    args = (*weights, cur, nbr, float(cfg.identity_bias))
+    if engine == "compiled":
+        return torch.equal(compiled_network()(*args), _network_torch(*args))
+    from ncagen.gpu_kernel import fused_step
+
+    thr = float(np.float32(NEAR_TIE * cfg.temperature))
+    step = fused_step(weights, nbr, cfg.states, cfg.grid, cfg.identity_bias, thr)
+    return torch.equal(step(cur)[0], _network_torch(*args))
 
 
-def measure(cfg, batch: int, device: str, key: int, compiled: bool) -> dict:
-    """Seconds of the head, the bare step loop and whole sequences for one batch; with
-    `compiled`, of the compiled step loop too and whether its grids are the eager ones."""
+def measure(cfg, batch: int, device: str, key: int, engines: tuple = ()) -> dict:
+    """Seconds of the head, the bare step loop and whole sequences for one batch; for each of
+    `engines` ("compiled", "fused"), of its step loop too and whether its grids and logits are
+    the eager ones."""
     import numpy as np
 
     from ncagen.generate import candidate_seeds, fresh_candidates, rollout_tokens
@@ -83,13 +94,14 @@ def measure(cfg, batch: int, device: str, key: int, compiled: bool) -> dict:
     step = timed(lambda: advance(params, state, keys, 0, cfg.record_time(R - 1), cfg, out,
                                  device=device), device)
     whole = timed(lambda: rollout_tokens(cfg, seeds, sims, K, device, threads=cores), device)
-    if not compiled:
-        return dict(head=head, prep=prep, step=step, whole=whole)
-    fused = np.empty_like(out)
-    fast = timed(lambda: _advance_torch(params, state, keys, 0, cfg.record_time(R - 1), cfg, fused,
-                                        0, device, compiled=True), device)
-    return dict(head=head, prep=prep, step=step, whole=whole, compiled=fast,
-                equal=np.array_equal(out, fused), logits=logits_equal(cfg, params, state, device))
+    res = dict(head=head, prep=prep, step=step, whole=whole)
+    for engine in engines:
+        other = np.empty_like(out)
+        res[engine] = timed(lambda: _advance_torch(params, state, keys, 0, cfg.record_time(R - 1),
+                                                   cfg, other, 0, device, engine=engine), device)
+        res[f"{engine}_equal"] = np.array_equal(out, other)
+        res[f"{engine}_logits"] = logits_equal(cfg, params, state, device, engine)
+    return res
 
 
 def main(argv=None) -> int:
@@ -102,7 +114,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--compile", action="store_true",
                     help="also time the opt-in compiled step and check it against the eager one")
+    ap.add_argument("--fused", action="store_true",
+                    help="also time the opt-in Triton step (ncagen.gpu_kernel) and check it")
     args = ap.parse_args(argv)
+    engines = tuple(e for e, on in (("compiled", args.compile), ("fused", args.fused)) if on)
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -119,13 +134,13 @@ def main(argv=None) -> int:
           f"batch {args.batch:,}, states {args.states}", flush=True)
     for tau in args.temperature or [NCAConfig().temperature, 0.02]:
         cfg = NCAConfig(states=args.states, temperature=tau)
-        measure(cfg, min(args.batch, 256), args.device, 1, args.compile)  # warm up; compiles
+        measure(cfg, min(args.batch, 256), args.device, 1, engines)  # warm up; compiles
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(args.device)
-        runs = [measure(cfg, args.batch, args.device, 100 + r, args.compile)
+        runs = [measure(cfg, args.batch, args.device, 100 + r, engines)
                 for r in range(args.repeat)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]
-               if k not in ("equal", "logits")}
+               if not k.endswith(("_equal", "_logits"))}
         peak = (torch.cuda.max_memory_allocated(args.device) / 2**30
                 if args.device.startswith("cuda") else float("nan"))
         B, R, K = args.batch, cfg.ratio_grids, cfg.grids_per_sequence
@@ -139,11 +154,11 @@ def main(argv=None) -> int:
               f"tokens/s ({B / med['whole']:,.0f} rows/s)\n"
               f"  runs      head {heads} s; "
               f"peak GPU memory {peak:.2f} GiB", flush=True)
-        if args.compile:
-            yes = lambda key: "yes" if all(r[key] for r in runs) else "NO"  # noqa: E731
-            print(f"  compiled  {med['compiled']:.3f} s  ->  {B / med['compiled']:,.0f} candidates/s "
-                  f"({med['step'] / med['compiled']:.2f}x the eager step); equal to the eager "
-                  f"step's: grids {yes('equal')}, logits {yes('logits')}", flush=True)
+        yes = lambda key: "yes" if all(r[key] for r in runs) else "NO"  # noqa: E731
+        for e in engines:
+            print(f"  {e:<9} {med[e]:.3f} s  ->  {B / med[e]:,.0f} candidates/s "
+                  f"({med['step'] / med[e]:.2f}x the eager step); equal to the eager "
+                  f"step's: grids {yes(e + '_equal')}, logits {yes(e + '_logits')}", flush=True)
     return 0
 
 

@@ -10,7 +10,9 @@
 #   pytest_gpu        tests/test_gpu.py (CUDA rows == CPU rows, through the pipeline too) and
 #                     tests/test_pipeline.py (the pipeline on the CPU stand-ins)
 #   bench_gpu         the torch engine at batch 32,768: candidates/s and tokens/s at the spec's
-#                     temperature and at 0.02 (benchmarks/bench_gpu.py)
+#                     temperature and at 0.02 (benchmarks/bench_gpu.py); where triton is there,
+#                     the opt-in Triton step too (--fused: its speed, and whether its grids and
+#                     logits equal the eager step's bit for bit)
 #   pipeline_50_100   serial vs pipelined `generate` on CUDA, band 0.5-1.0 (bench_pipeline.py)
 #   build_164M        `python -m ncagen.build --band 0.5-1.0 --states 10 --rows 160000 --device
 #                     cuda` (164M tokens), timed; the dataset goes to a temp folder, removed after
@@ -118,6 +120,8 @@ else
 fi
 EXECUTOR=ray
 "$PY" -c "import ray" 2> /dev/null || EXECUTOR=local
+FUSED=()  # the Triton step: on a GPU with triton (the interpreter is far too slow for a rehearsal)
+((REHEARSAL)) || ! "$PY" -c "import triton" 2> /dev/null || FUSED=(--fused)
 
 if ((REHEARSAL)) || ! command -v nvidia-smi > /dev/null; then
     echo "nvidia_smi: skipped, $( ((REHEARSAL)) && echo rehearsal || echo 'no nvidia-smi')" | tee -a "$LOGS/summary.txt"
@@ -126,7 +130,8 @@ else
 fi
 step env 60 "$PY" "$SCRATCH/env_check.py"
 step pytest_gpu 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_pipeline.py
-step bench_gpu 100 "$PY" benchmarks/bench_gpu.py --device "$DEV" --batch "$BATCH" --repeat "$REPEAT"
+step bench_gpu 130 "$PY" benchmarks/bench_gpu.py --device "$DEV" --batch "$BATCH" --repeat "$REPEAT" \
+    ${FUSED[@]+"${FUSED[@]}"}
 step pipeline_50_100 70 "$PY" benchmarks/bench_pipeline.py --device "$DEV" --band 0.5-1.0 \
     --rows "$ROWS_50" --batch "$BATCH" --threads "$CORES" --repeat 2
 step build_164M 150 "$PY" -m ncagen.build --band 0.5-1.0 --states 10 --rows "$ROWS_BUILD" \

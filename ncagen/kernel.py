@@ -295,7 +295,13 @@ def _load(n: int, C1: int, H: int, G: int, ib: bool, table: bool, bias: bool):
     # the compiled code also depends on what the source calls (ncagen.rules.uniform_at, ...):
     # key the file on the generator's fingerprint too, so changed code never reuses stale code
     digest = hashlib.sha256(f"{fingerprint()}\n{src}".encode()).hexdigest()[:12]
-    path = cache_dir() / "kernels" / f"nca_n{n}_c{C1}_h{H}_g{G}_{digest}.py"  # a new key, a new file
+    return import_generated(src, f"nca_n{n}_c{C1}_h{H}_g{G}_{digest}").kernel  # a new key, a new file
+
+
+def import_generated(src: str, stem: str):
+    """Write generated source to the cache folder's kernels/<stem>.py (unless it is there) and
+    import it as a module of its own: numba's cache and Triton both read a kernel's file."""
+    path = cache_dir() / "kernels" / f"{stem}.py"
     if not path.exists() or path.read_text() != src:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
@@ -306,4 +312,4 @@ def _load(n: int, C1: int, H: int, G: int, ib: bool, table: bool, bias: bool):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # numba's cache finds the module's globals again by this name
     spec.loader.exec_module(module)
-    return module.kernel
+    return module

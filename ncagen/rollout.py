@@ -171,7 +171,7 @@ def _network_torch(T1, b1, W2, b2, W3, b3, cur, nbr, identity_bias: float):
 
 @functools.lru_cache(maxsize=None)
 def compiled_network():
-    """`_network_torch` fused by torch.compile (opt-in: `_advance_torch(compiled=True)`).
+    """`_network_torch` fused by torch.compile (opt-in: `_advance_torch(engine="compiled")`).
 
     Eager torch runs ~60 kernels a step, each writing a full (B, G*G, .) temporary; inductor
     fuses them. `emulate_precision_casts` keeps Triton from contracting a product and the add
@@ -186,16 +186,21 @@ def compiled_network():
     return torch.compile(_network_torch, dynamic=True, options={"emulate_precision_casts": True})
 
 
+ENGINES = ("eager", "compiled", "fused")  # how the torch engine runs a step's network
+
+
 def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1: int,
                    cfg: NCAConfig, out: np.ndarray, rec_offset: int, device: str,
-                   compiled: bool = False) -> np.ndarray:
+                   engine: str = "eager") -> np.ndarray:
+    """`advance` on a torch device. `engine`: eager torch (what builds use), the opt-in
+    `compiled_network`, or the opt-in Triton kernel of `ncagen.gpu_kernel` ("fused")."""
     torch = require("torch", "gpu", "the torch rollout engine")
+    assert engine in ENGINES, engine
 
     dev = torch.device("cpu" if device == TORCH_CPU else device)
     tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
     weights = [tt(a) for a in (params.offset_table(), params.b1, params.w2, params.b2, params.w3,
                                params.b3)]
-    network = compiled_network() if compiled else _network_torch
     B, G, n = state.shape[0], cfg.grid, cfg.states
     GG, K = G * G, out.shape[1]
     keys_t = tt(np.asarray(keys, np.uint64).view(np.int64))
@@ -203,6 +208,17 @@ def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: 
     cur = tt(state).long().reshape(B, GG)
     thr = torch.tensor(NEAR_TIE * cfg.temperature, dtype=torch.float32, device=dev)
     tau = float(cfg.temperature)
+    if engine == "fused":
+        from .gpu_kernel import fused_step
+
+        step = fused_step(weights, nbr, n, G, cfg.identity_bias, thr.item())
+    else:
+        network = compiled_network() if engine == "compiled" else _network_torch
+
+        def step(cur):  # (logits (B, GG, n), argmax (B, GG), near ties (B, GG))
+            lg = network(*weights, cur, nbr, float(cfg.identity_bias))
+            top2 = lg.topk(2, dim=-1).values
+            return lg, lg.argmax(dim=-1), (top2[..., 0] - top2[..., 1]) < thr
     for t in range(t0, t1 + 1):
         if t >= cfg.burn_in and (t - cfg.burn_in) % cfg.dt == 0:
             k = (t - cfg.burn_in) // cfg.dt - rec_offset
@@ -210,10 +226,7 @@ def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: 
                 out[:, k] = cur.to(torch.uint8).cpu().numpy().reshape(B, G, G)
         if t == t1:
             break
-        lg = network(*weights, cur, nbr, float(cfg.identity_bias))  # (B, GG, n)
-        top2 = lg.topk(2, dim=-1).values
-        near = (top2[..., 0] - top2[..., 1]) < thr  # (B, GG)
-        nxt = lg.argmax(dim=-1)
+        lg, nxt, near = step(cur)
         if bool(near.any()):
             bi, ci = near.nonzero(as_tuple=True)
             ctr = ((t * GG + ci) * n)[:, None] + torch.arange(n, device=dev)[None, :]

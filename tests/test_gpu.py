@@ -1,5 +1,7 @@
 """The CUDA path: skipped where no GPU is visible; where one is, rows equal the CPU engine's,
-through the device pipeline of `generate` too."""
+through the device pipeline of `generate` too, and with the opt-in Triton step."""
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -38,3 +40,32 @@ def test_pipelined_cuda_rows_equal_cpu_rows(cfg, band, rows, batch):
     gpu = list(generate(cfg, band, 5, rows, device="cuda", batch=batch))
     for k in cpu[0]:
         assert np.array_equal(np.concatenate([c[k] for c in cpu]), np.concatenate([g[k] for g in gpu])), k
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+@pytest.mark.parametrize("cfg", [NCAConfig(temperature=0.02), NCAConfig(states=15, identity_bias=0.3),
+                                 NCAConfig()])
+def test_fused_cuda_step_equals_cpu_engine(cfg):
+    # the opt-in Triton step (ncagen.gpu_kernel) on the GPU: grids of 2,048 candidates over a
+    # head's steps are the CPU engine's, and its logits of the last grids the eager step's
+    from ncagen.generate import candidate_seeds
+    from ncagen.gpu_kernel import fused_step
+    from ncagen.rollout import (NEAR_TIE, _advance_torch, _neighbour_index, _network_torch,
+                                advance, init_state, noise_keys)
+    from ncagen.rules import sample_rules
+
+    B, K = 2048, cfg.ratio_grids
+    seeds, sims = candidate_seeds(9, 0, B, 1)
+    params, state, keys = sample_rules(seeds, cfg), init_state(seeds, sims, cfg), noise_keys(seeds, sims)
+    t1 = cfg.record_time(K - 1)
+    out_nb, out_fu = (np.zeros((B, K, cfg.grid, cfg.grid), np.uint8) for _ in range(2))
+    end_nb = advance(params, state, keys, 0, t1, cfg, out_nb)
+    end_fu = _advance_torch(params, state, keys, 0, t1, cfg, out_fu, 0, "cuda", engine="fused")
+    assert np.array_equal(out_nb, out_fu) and np.array_equal(end_nb, end_fu)
+    w = [torch.from_numpy(np.ascontiguousarray(a)).cuda() for a in (
+        params.offset_table(), params.b1, params.w2, params.b2, params.w3, params.b3)]
+    cur = torch.from_numpy(out_nb[:, -1]).cuda().long().reshape(B, -1)
+    nbr = _neighbour_index(cfg.grid).cuda()
+    thr = float(np.float32(NEAR_TIE * cfg.temperature))
+    lg = fused_step(w, nbr, cfg.states, cfg.grid, cfg.identity_bias, thr)(cur)[0]
+    assert torch.equal(lg, _network_torch(*w, cur, nbr, float(cfg.identity_bias)))

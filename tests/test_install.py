@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from ncagen import __version__
+
 TINY = ["--rows", "20", "--seq-len", "380", "--executor", "local"]
 # Prepended to a child's code: torch looks not installed, as after `pip install ncagen` (no spec,
 # no distribution, `import torch` fails). sys.modules["torch"] = None would not do: datasets takes
@@ -144,7 +146,7 @@ def test_console_command(repo_root, tmp_path):
     res = ncagen(repo_root, tmp_path, "build", "--help")
     assert res.returncode == 0 and res.stdout.startswith("usage: ncagen build") and "--rows" in res.stdout
     res = ncagen(repo_root, tmp_path, "--version")
-    assert (res.returncode, res.stdout.strip()) == (0, "ncagen 0.2.3")
+    assert (res.returncode, res.stdout.strip()) == (0, f"ncagen {__version__}")
     for args in (["bogus", "--rows", "1"], [], ["card"], ["build", "--rows", "inf", "--out", "x"]):
         res = ncagen(repo_root, tmp_path, *args)
         assert res.returncode == 2, (args, res.stderr)
@@ -157,6 +159,7 @@ def test_pyproject_declares_the_command_and_the_extras(repo_root):
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"ncagen": "ncagen.__main__:main"}
+    assert project["version"] == __version__  # one version: the package's and the command's
     module, attr = project["scripts"]["ncagen"].split(":")
     assert callable(getattr(importlib.import_module(module), attr))
     names = lambda reqs: {r.split("[")[0].split(">")[0].split("=")[0] for r in reqs}  # noqa: E731

@@ -1,9 +1,13 @@
 """The two rollout engines: numba (CPU) and torch agree bit for bit, match the spec's network,
 and a row does not depend on the batch, the thread count or the batch size it was made in; so
-with the opt-in compiled torch step."""
+with the opt-in compiled torch step and the opt-in Triton step."""
 
 import dataclasses
+import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -229,7 +233,50 @@ def test_compiled_torch_engine_agrees_bit_for_bit_and_repeats():
         K, t1 = 6, cfg.record_time(5)
         out_nb, out_a, out_b = (np.zeros((count, K, 12, 12), np.uint8) for _ in range(3))
         end_nb = advance(params, state, keys, 0, t1, cfg, out_nb)
-        end_a = _advance_torch(params, state, keys, 0, t1, cfg, out_a, 0, "cpu", compiled=True)
-        end_b = _advance_torch(params, state, keys, 0, t1, cfg, out_b, 0, "cpu", compiled=True)
+        end_a = _advance_torch(params, state, keys, 0, t1, cfg, out_a, 0, "cpu", engine="compiled")
+        end_b = _advance_torch(params, state, keys, 0, t1, cfg, out_b, 0, "cpu", engine="compiled")
         assert np.array_equal(out_nb, out_a) and np.array_equal(end_nb, end_a)
         assert np.array_equal(out_a, out_b) and np.array_equal(end_a, end_b)
+
+
+_FUSED_CHECK = r"""
+import numpy as np, torch
+from ncagen.config import NCAConfig
+from ncagen.generate import candidate_seeds
+from ncagen.gpu_kernel import fused_step
+from ncagen.rollout import (NEAR_TIE, _advance_torch, _neighbour_index, _network_torch, advance,
+                            init_state, noise_keys)
+from ncagen.rules import sample_rules
+for cfg in (NCAConfig(temperature=0.02), NCAConfig(states=15, identity_bias=0.3)):
+    seeds, sims = candidate_seeds(3, 0, 3, 1)
+    params, state, keys = sample_rules(seeds, cfg), init_state(seeds, sims, cfg), noise_keys(seeds, sims)
+    t1 = cfg.record_time(2)
+    out_nb, out_fu = (np.zeros((3, 3, 12, 12), np.uint8) for _ in range(2))
+    end_nb = advance(params, state, keys, 0, t1, cfg, out_nb)
+    end_fu = _advance_torch(params, state, keys, 0, t1, cfg, out_fu, 0, "torch-cpu", engine="fused")
+    assert np.array_equal(out_nb, out_fu) and np.array_equal(end_nb, end_fu), "grids"
+    w = [torch.from_numpy(np.ascontiguousarray(a)) for a in (params.offset_table(), params.b1,
+         params.w2, params.b2, params.w3, params.b3)]
+    cur, nbr = torch.from_numpy(out_nb[:, -1]).long().reshape(3, -1), _neighbour_index(12)
+    thr = float(np.float32(NEAR_TIE * cfg.temperature))
+    lg, nxt, near = fused_step(w, nbr, cfg.states, 12, cfg.identity_bias, thr)(cur)
+    eager = _network_torch(*w, cur, nbr, float(cfg.identity_bias))
+    top2 = eager.topk(2, dim=-1).values
+    assert torch.equal(lg, eager), "logits"
+    assert torch.equal(nxt, eager.argmax(dim=-1)), "argmax"
+    assert torch.equal(near, (top2[..., 0] - top2[..., 1]) < thr), "near ties"
+    assert near.any(), "the check should see near ties"
+print("fused ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_fused_triton_step_agrees_bit_for_bit_in_the_interpreter(tmp_path):
+    # the opt-in Triton kernel (ncagen.gpu_kernel) run by Triton's interpreter on the CPU, in a
+    # process of its own (TRITON_INTERPRET is read when a kernel is defined): its grids are the
+    # CPU engine's, its logits, argmax and near ties the eager torch step's, at a temperature
+    # with many near ties and with an identity bias; on a GPU tests/test_gpu.py checks the same
+    env = {**os.environ, "TRITON_INTERPRET": "1", "NCAGEN_CACHE_DIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", _FUSED_CHECK], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0 and "fused ok" in res.stdout, res.stderr[-3000:]
