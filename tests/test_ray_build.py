@@ -163,6 +163,19 @@ def test_job_builds_two_partitions_like_the_local_executor(cluster, tmp_path):
         assert sha256(out / rel) == sha256(local / rel), rel
 
 
+def _writing_for(out, seconds: float) -> list:
+    """Temp files under `out` that have been written for more than `seconds` (one renamed into
+    place between the listing and its stat is not being written any more)."""
+    now, found = time.time(), []
+    for p in (out.rglob("*.tmp") if out.exists() else []):
+        try:
+            if now - p.stat().st_ctime > seconds:
+                found.append(p)
+        except FileNotFoundError:
+            pass
+    return found
+
+
 def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
     out = tmp_path / "out"
     # shards of a few seconds each (band 0.3-0.4 tries about 11 candidates a row): long enough
@@ -175,9 +188,7 @@ def test_worker_killed_mid_shard_is_retried(cluster, tmp_path):
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
         # a worker that has been writing for a while: its task's RUNNING event (with its pid)
         # has reached the GCS, so the failed attempt can be found by pid afterwards
-        now = time.time()
-        writing = [p for p in out.rglob("*.tmp")
-                   if now - p.stat().st_ctime > 1.0] if out.exists() else []
+        writing = _writing_for(out, 1.0)
         workers = shard_workers(cluster.sid) if writing else []
         if workers:
             killed = workers[0]
