@@ -56,8 +56,8 @@ def logits_equal(cfg, params, state, device: str, engine: str) -> bool:
     import numpy as np
     import torch
 
-    from ncagen.rollout import (NEAR_TIE, TORCH_CPU, _neighbour_index, _network_torch,
-                                compiled_network)
+    from ncagen.rollout import (TORCH_CPU, _neighbour_index, _network_torch,
+                                compiled_network, near_tie_gap)
 
     dev = torch.device("cpu" if device == TORCH_CPU else device)
     weights = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (
@@ -70,7 +70,7 @@ def logits_equal(cfg, params, state, device: str, engine: str) -> bool:
         return bits(compiled_network()(*args), _network_torch(*args))
     from ncagen.gpu_kernel import fused_step
 
-    thr = float(np.float32(NEAR_TIE * cfg.temperature))
+    thr = float(near_tie_gap(cfg.temperature))
     step = fused_step(weights, nbr, cfg.states, cfg.grid, cfg.identity_bias, thr)
     return bits(step(cur)[0], _network_torch(*args))
 

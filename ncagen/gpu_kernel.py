@@ -133,13 +133,10 @@ def fused_step(weights: list, nbr, n: int, G: int, identity_bias: float, thr):
         total = B * G * G
         where = torch.cuda.device(cur.device) if cur.is_cuda else contextlib.nullcontext()
         with where:  # Triton launches on the current device and its stream
-            kernel[(triton_cdiv(total, BLOCK),)](T1, b1, W2, b2, W3, b3, cur.contiguous(), nbr,
+            kernel[(-(-total // BLOCK),)](T1, b1, W2, b2, W3, b3, cur.contiguous(), nbr,
                                                  lg, nxt, near, total, thr, ib, BLOCK=BLOCK,
                                                  enable_fp_fusion=False)
         return lg, nxt, near.bool()
 
     return step
 
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)

@@ -100,6 +100,11 @@ def cpu_threads() -> int:
     return numba.get_num_threads()
 
 
+def near_tie_gap(temperature: float) -> np.float32:
+    """The gap (float32) between a cell's two best logits below which its Gumbel draw decides."""
+    return np.float32(NEAR_TIE * temperature)
+
+
 def advance(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1: int,
             cfg: NCAConfig, out: np.ndarray, rec_offset: int = 0, device: str = "cpu",
             threads: int | None = None) -> np.ndarray:
@@ -113,7 +118,7 @@ def advance(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: int, t1
     assert out.dtype == np.uint8 and out.flags.c_contiguous, "out must be C-contiguous uint8"
     state = np.ascontiguousarray(state, np.uint8)
     tau = float(cfg.temperature)
-    thr = np.float32(NEAR_TIE * tau)
+    thr = near_tie_gap(tau)
     if device in ("cpu", CPU_DEVICE):
         threads = 1 if device == CPU_DEVICE else threads  # one core, the others for the ratios
         state = state.copy()
@@ -206,7 +211,7 @@ def _advance_torch(params: RuleParams, state: np.ndarray, keys: np.ndarray, t0: 
     keys_t = tt(np.asarray(keys, np.uint64).view(np.int64))
     nbr = _neighbour_index(G).to(dev)
     cur = tt(state).long().reshape(B, GG)
-    thr = torch.tensor(NEAR_TIE * cfg.temperature, dtype=torch.float32, device=dev)
+    thr = torch.tensor(near_tie_gap(cfg.temperature), device=dev)  # float32
     tau = float(cfg.temperature)
     if engine == "fused":
         from .gpu_kernel import fused_step

@@ -50,8 +50,8 @@ def test_fused_cuda_step_equals_cpu_engine(cfg):
     # head's steps are the CPU engine's, and its logits of the last grids the eager step's
     from ncagen.generate import candidate_seeds
     from ncagen.gpu_kernel import fused_step
-    from ncagen.rollout import (NEAR_TIE, _advance_torch, _neighbour_index, _network_torch,
-                                advance, init_state, noise_keys)
+    from ncagen.rollout import (_advance_torch, _neighbour_index, _network_torch,
+                                advance, init_state, near_tie_gap, noise_keys)
     from ncagen.rules import sample_rules
 
     B, K = 2048, cfg.ratio_grids
@@ -66,7 +66,7 @@ def test_fused_cuda_step_equals_cpu_engine(cfg):
         params.offset_table(), params.b1, params.w2, params.b2, params.w3, params.b3)]
     cur = torch.from_numpy(out_nb[:, -1]).cuda().long().reshape(B, -1)
     nbr = _neighbour_index(cfg.grid).cuda()
-    thr = float(np.float32(NEAR_TIE * cfg.temperature))
+    thr = float(near_tie_gap(cfg.temperature))
     lg = fused_step(w, nbr, cfg.states, cfg.grid, cfg.identity_bias, thr)(cur)[0]
     eager = _network_torch(*w, cur, nbr, float(cfg.identity_bias))
     assert torch.equal(lg.view(torch.int32), eager.view(torch.int32))  # bit for bit, signed zeros too

@@ -244,8 +244,8 @@ import numpy as np, torch
 from ncagen.config import NCAConfig
 from ncagen.generate import candidate_seeds
 from ncagen.gpu_kernel import fused_step
-from ncagen.rollout import (NEAR_TIE, _advance_torch, _neighbour_index, _network_torch, advance,
-                            init_state, noise_keys)
+from ncagen.rollout import (_advance_torch, _neighbour_index, _network_torch, advance,
+                            init_state, near_tie_gap, noise_keys)
 from ncagen.rules import sample_rules
 for cfg in (NCAConfig(temperature=0.02), NCAConfig(states=15, identity_bias=0.3),
             NCAConfig(states=5, identity_bias=-0.2, temperature=0.01)):
@@ -259,7 +259,7 @@ for cfg in (NCAConfig(temperature=0.02), NCAConfig(states=15, identity_bias=0.3)
     w = [torch.from_numpy(np.ascontiguousarray(a)) for a in (params.offset_table(), params.b1,
          params.w2, params.b2, params.w3, params.b3)]
     cur, nbr = torch.from_numpy(out_nb[:, -1]).long().reshape(3, -1), _neighbour_index(12)
-    thr = float(np.float32(NEAR_TIE * cfg.temperature))
+    thr = float(near_tie_gap(cfg.temperature))
     lg, nxt, near = fused_step(w, nbr, cfg.states, 12, cfg.identity_bias, thr)(cur)
     eager = _network_torch(*w, cur, nbr, float(cfg.identity_bias))
     top2 = eager.topk(2, dim=-1).values
