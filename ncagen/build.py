@@ -34,12 +34,23 @@ def check_output(store, cfg: BuildConfig) -> dict | None:
     from .lock import LOCK
     from .shards import MANIFEST
 
+    if store.local:
+        check_local_path(store.url())
     kind = store.kind()
     if kind == "file":
         raise ConfigError(f"output {store.url()} is a file, not a directory")
     if kind == "missing":
         return None
-    manifest = store.read_json(MANIFEST)
+    try:
+        manifest = store.read_json(MANIFEST)
+        damage = None if manifest is None else manifest_damage(manifest)
+    except ValueError as err:  # not JSON
+        damage = str(err)
+    if damage is not None:
+        if cfg.overwrite:  # it is an ncagen build's manifest by name: --overwrite may replace it
+            return None
+        raise ConfigError(f"output {store.url()}: {damage}; use --overwrite to replace the build "
+                          f"or choose another directory")
     if manifest is None:
         if [e for e in store.listdir() if e != LOCK]:
             raise ConfigError(f"output {store.url()} is not empty and holds no ncagen build "
@@ -59,6 +70,43 @@ def check_output(store, cfg: BuildConfig) -> dict | None:
             f"{theirs.get('fingerprint', 'none')}; this is {ours['ncagen']}, {ours['fingerprint']}): "
             f"its rows may differ from this one's; rebuild it with --overwrite or use that version")
     return manifest
+
+
+def manifest_damage(manifest) -> str | None:
+    """What makes a manifest unusable (its shape, not its content), or None."""
+    from .shards import MANIFEST
+
+    if not isinstance(manifest, dict):
+        return f"{MANIFEST} is not a JSON object"
+    for key in ("config", "shards"):
+        if not isinstance(manifest.get(key, {}), dict):
+            return f"{MANIFEST}'s {key!r} is not a JSON object"
+    if not all(isinstance(r, dict) for r in manifest.get("shards", {}).values()):
+        return f"{MANIFEST}'s 'shards' holds a record that is not a JSON object"
+    return None
+
+
+def check_local_path(path: str) -> None:
+    """Refuse, before anything is written, a local output path no directory can be made at:
+    something other than a directory there (a device, a dangling link), a file above it, or a
+    name longer than the filesystem takes."""
+    import os
+
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ConfigError(f"output {path} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"output {path}: {parent} is not a directory")
+    try:
+        longest = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for name in path.split(os.sep):
+        if len(os.fsencode(name)) > longest:
+            raise ConfigError(f"output {path}: the name {name[:40]}... is longer than the "
+                              f"{longest} bytes a file name may have")
 
 
 def config_difference(theirs: dict, ours: dict) -> str:

@@ -30,16 +30,17 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def parse_amount(text: str, minimum: int = 1) -> int:
-    """'200M' -> 200_000_000; plain integers pass through; inf, nan and fractions are refused."""
+def parse_amount(text: str, minimum: int = 1, flag: str = "amount") -> int:
+    """'200M' -> 200_000_000; plain integers pass through; inf, nan and fractions are refused
+    (the error names `flag`)."""
     t = text.strip().upper()
     num, scale = (t[:-1], _SUFFIX[t[-1]]) if t[-1:] in _SUFFIX and t[-1:] else (t, 1)
     try:
         value = float(num) * scale
     except ValueError:
-        raise ConfigError(f"amount {text!r} is not a number with an optional K/M/B suffix") from None
+        raise ConfigError(f"{flag} {text!r} is not a number with an optional K/M/B suffix") from None
     if not math.isfinite(value) or value != int(value) or value < minimum:
-        raise ConfigError(f"amount {text!r} must be a whole number >= {minimum}")
+        raise ConfigError(f"{flag} {text!r} must be a whole number >= {minimum}")
     return int(value)
 
 
@@ -137,9 +138,10 @@ def config_from_args(args: argparse.Namespace, given: set[str] = frozenset()) ->
                     conv_channels=args.conv_channels, hidden=args.hidden)
     return BuildConfig(
         out=args.out, bands=bands, states=states, mixes=mixes,
-        rows=parse_amount(args.rows) if args.rows is not None else None,
-        tokens=parse_amount(args.tokens) if args.tokens is not None else None,
-        val_rows=parse_amount(args.val_rows, minimum=0) if args.val_rows is not None else None,
+        rows=parse_amount(args.rows, flag="--rows") if args.rows is not None else None,
+        tokens=parse_amount(args.tokens, flag="--tokens") if args.tokens is not None else None,
+        val_rows=(parse_amount(args.val_rows, minimum=0, flag="--val-rows")
+                  if args.val_rows is not None else None),
         val_fraction=args.val_fraction, shard_rows=shard_rows_arg(args.shard_rows), seed=args.seed,
         nca=nca, device=args.device, executor=args.executor, address=args.address,
         workers=args.workers, batch=args.batch, overwrite=args.overwrite,
@@ -148,7 +150,7 @@ def config_from_args(args: argparse.Namespace, given: set[str] = frozenset()) ->
 
 def shard_rows_arg(text: str) -> int | str:
     """--shard-rows: an amount, or auto."""
-    return AUTO if text.strip().lower() == AUTO else parse_amount(text)
+    return AUTO if text.strip().lower() == AUTO else parse_amount(text, flag="--shard-rows")
 
 
 def exit_now(code: int | None) -> None:
@@ -195,14 +197,16 @@ def build_main(argv: list[str], prog: str = "python -m ncagen.build") -> int:
     from .extras import MissingExtra
     from .generate import BandUnreachable
     from .lock import LockedError
-    from .storage import StorageError, describe_error
+    from .progress import interval_from_env
+    from .storage import StorageError, describe_error, redact
     from .worker import DeviceError
 
     args = build_parser(prog).parse_args(argv)
     refused = (ConfigError, ValueError, BandUnreachable, DeviceError, LockedError, MissingExtra)
     try:
         cfg = config_from_args(args, given_flags(argv))
-        command = " ".join([prog, *(shlex.quote(a) for a in argv)])
+        interval_from_env()
+        command = redact(" ".join([prog, *(shlex.quote(a) for a in argv)]))  # it is recorded
         manifest = build(cfg, command)
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to resume",
@@ -211,14 +215,18 @@ def build_main(argv: list[str], prog: str = "python -m ncagen.build") -> int:
     except Exception as e:  # noqa: BLE001 (sorted below; anything else is a bug: re-raised)
         cause = root_cause(e)
         if isinstance(cause, refused):
-            print(f"error: {one_line(cause)}", file=sys.stderr)
+            print(f"error: {redact(one_line(cause))}", file=sys.stderr)
             return 2
         if isinstance(cause, StorageError):
-            print(f"error: {one_line(cause)}", file=sys.stderr)
+            print(f"error: {redact(one_line(cause))}", file=sys.stderr)
             return 1
         if isinstance(cause, OSError):
             print(f"error: {describe_error(cause, args.out)}", file=sys.stderr)
             return 1
+        if isinstance(cause, MemoryError):
+            print(f"error: out of memory ({redact(one_line(cause))[:200]}); a smaller --batch, "
+                  f"--seq-len or --workers needs less", file=sys.stderr)
+            return 1
         raise
-    print(summary(manifest, cfg.out))
+    print(redact(summary(manifest, cfg.out)))
     return 0

@@ -25,6 +25,16 @@ class ConfigError(ValueError):
     """A configuration the generator refuses, with a message naming the problem."""
 
 
+
+def _as_float32(x: float) -> float:
+    """x rounded to float32, as the engines use it (inf where it overflows)."""
+    import struct
+
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.inf
+
 @dataclass(frozen=True)
 class NCAConfig:
     """The generation contract: one rule network, its rollout, tokens and complexity measure."""
@@ -64,10 +74,14 @@ class NCAConfig:
             raise ConfigError(f"states must be <= 255 (cells are stored as bytes), got {self.states}")
         if not isinstance(self.burn_in, int) or self.burn_in < 0:
             raise ConfigError(f"burn-in must be an integer >= 0, got {self.burn_in!r}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
-        if not math.isfinite(self.identity_bias):
-            raise ConfigError(f"identity-bias must be finite, got {self.identity_bias!r}")
+        # both are used as float32: a value that is 0 or overflows there is refused here
+        if not (self.temperature > 0 and math.isfinite(self.temperature)
+                and 0 < _as_float32(self.temperature) < math.inf):
+            raise ConfigError(f"temperature must be > 0 and within float32's range "
+                              f"(about 1e-45 .. 3e38), got {self.temperature!r}")
+        if not (math.isfinite(self.identity_bias) and math.isfinite(_as_float32(self.identity_bias))):
+            raise ConfigError(f"identity-bias must be finite in float32 (|b| < 3e38), "
+                              f"got {self.identity_bias!r}")
         if self.grid % self.patch:
             raise ConfigError(f"patch {self.patch} does not divide grid {self.grid}")
         if self.vocab_size > INT32_MAX:

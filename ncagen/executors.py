@@ -71,6 +71,24 @@ def ray_init_kwargs(cfg: BuildConfig) -> dict:
             "object_store_memory": 200 * 2**20, **common}
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """ConfigError now when nothing answers at a HOST:PORT address (ray.init would retry for
+    minutes); "auto" and ray:// or http:// addresses are left to Ray, which fails fast on them."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise ConfigError(f"Ray address {address} (--address or RAY_ADDRESS): not HOST:PORT") from None
+    except OSError as err:
+        raise ConfigError(f"Ray address {address} (--address or RAY_ADDRESS): no Ray cluster answers there ({err.strerror or err}); "
+                          f"start one (ray start --head) or fix the address") from None
+
+
 def cluster_view(nodes: list[dict], max_resources: dict | None) -> dict:
     """What the build needs to know of a cluster: its nodes now and what it can grow to."""
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
@@ -132,6 +150,8 @@ class RayExecutor:
             raise missing("torch", "gpu", f"--device {self.cfg.device} (the torch engine)")
         if private:
             _private_token()
+        else:
+            check_reachable(init["address"])
         if not ray.is_initialized():
             ray.init(**init)
             self.started = True

@@ -14,6 +14,7 @@ submissions within the same second.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -114,10 +115,15 @@ class BuildLock:
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 except FileExistsError:
                     return False
-                with os.fdopen(fd, "wb") as f:
-                    f.write(self.info.to_json())
-                    f.flush()
-                    os.fsync(f.fileno())
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(self.info.to_json())
+                        f.flush()
+                        os.fsync(f.fileno())
+                except BaseException:  # a full disk: no empty lock is left behind
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+                    raise
             return True
         if self.store.kind(LOCK) != "missing":
             return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from .config import Band, ConfigError, Mix, NCAConfig, config_name, parse_partition
@@ -16,9 +17,9 @@ from .config import Band, ConfigError, Mix, NCAConfig, config_name, parse_partit
 SPLITS = ("train", "validation")
 AUTO = "auto"  # --shard-rows auto (the default): rows per file from the split's size (auto_shard_rows)
 ENDLESS_SHARD_ROWS = 100_000  # rows per shard of an endless stream (no split size to cut by)
-# A split cut by `auto` has at least this many files, a multiple of it: every consumer of a
-# 32-way streaming job (ranks x DataLoader workers) gets data, and split_dataset_by_node deals
-# whole files; validation is read by fewer consumers (an 8-way evaluation).
+# A split cut by `auto` has a multiple of this many files: every consumer of a 32-way streaming
+# job (ranks x DataLoader workers) gets data, and split_dataset_by_node deals whole files;
+# validation is read by fewer consumers (an 8-way evaluation).
 MIN_FILES = {"train": 32, "validation": 8}
 TARGET_FILE_BYTES = 256 * 10**6  # the largest file `auto` makes: the Hub handles 50-500 MB well
 MIN_FILE_BYTES = 500_000  # the smallest: a split too small for `min_files` such files has fewer
@@ -40,8 +41,11 @@ def stream_shard_rows(shard_rows: int | None, rows: int | None, seq_len: int,
 
 def auto_shard_rows(total_rows: int, seq_len: int, min_files: int) -> int:
     """Rows per file of a split of `total_rows`: the fewest files, a multiple of `min_files`,
-    that keep every file under TARGET_FILE_BYTES; rows are cut down (floor) so that there are
-    at least that many files (a remainder of fewer than `min_files` rows makes one more).
+    that keep every file under TARGET_FILE_BYTES. Rows are rounded up, so there are exactly that
+    many files, the last shorter than the others by fewer rows than there are files
+    (split_dataset_by_node deals whole files only when their count divides by the consumers).
+    Where so few rows make rounding up give fewer files, they are cut down instead: at least
+    that many files, the last of the remainder, so every consumer still gets data.
 
     A split too small to give `min_files` files of MIN_FILE_BYTES (a laptop's trial build) is
     cut into fewer files of about that size instead, rows rounded up, so no file is a handful
@@ -53,6 +57,9 @@ def auto_shard_rows(total_rows: int, seq_len: int, min_files: int) -> int:
     if estimate < min_files * MIN_FILE_BYTES:
         return math.ceil(total_rows / max(1, int(estimate // MIN_FILE_BYTES)))
     files = min_files * max(1, math.ceil(estimate / (TARGET_FILE_BYTES * min_files)))
+    size = math.ceil(total_rows / files)
+    if math.ceil(total_rows / size) == files:
+        return size
     return max(1, total_rows // files)
 
 
@@ -103,16 +110,21 @@ class BuildConfig:
         for n, band in self.pairs:
             if n not in self.states or band not in (*self.bands, *self.mixes):
                 raise ConfigError(f"partition {n}:{band} is not among the states and bands")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**64:  # keys hash it as 64 bits: a larger one would repeat one
+            raise ConfigError(f"seed must be in 0 .. 2**64 - 1, got {self.seed}")
+        if not self.out.strip():
+            raise ConfigError("--out is empty: give the output directory or URL")
         if self.executor not in ("ray", "local"):
             raise ConfigError(f"executor must be ray or local, got {self.executor!r}")
+        if self.executor == "local" and (self.address or self.shared_fs):
+            raise ConfigError(f"{'--address' if self.address else '--shared-fs'} is for Ray; "
+                              f"--executor local runs every shard in this process")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.batch is not None and self.batch < 1:
             raise ConfigError(f"batch must be >= 1, got {self.batch}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
+        if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}")
         if self.executor == "ray" and self.out.startswith("memory://"):
             raise ConfigError("memory:// output lives inside one process; Ray workers cannot "
                               "write to it (use --executor local, or s3://...)")

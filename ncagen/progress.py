@@ -8,6 +8,7 @@ lines are printed every few seconds (NCAGEN_PROGRESS_SECONDS sets the interval).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -25,6 +26,21 @@ def hms(seconds: float) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def interval_from_env() -> float | None:
+    """NCAGEN_PROGRESS_SECONDS, the seconds between two progress lines (None when unset);
+    ValueError naming it when it is not a number > 0."""
+    text = os.environ.get("NCAGEN_PROGRESS_SECONDS", "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"NCAGEN_PROGRESS_SECONDS must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 class Progress:
     """Shards done, rows, tokens/s and ETA on `stream`, at most every `every` seconds."""
 
@@ -33,7 +49,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         if every is None:  # NCAGEN_PROGRESS_SECONDS overrides the default interval
-            every = float(os.environ.get("NCAGEN_PROGRESS_SECONDS") or (0.5 if self.live else 3.0))
+            every = interval_from_env() or (0.5 if self.live else 3.0)
         self.every = every
         self.total_rows, self.total_shards, self.seq_len = total_rows, total_shards, seq_len
         self.done_rows = self.new_rows = self.shards = 0

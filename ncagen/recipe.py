@@ -46,6 +46,10 @@ def load_recipe(path: str) -> dict:
         raise ConfigError(f"recipe {path}: cannot read it ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"recipe {path}: not JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path}: not JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path}: not a recipe (nested too deep to read)") from None
     try:
         return recipe_config(raw)
     except ConfigError as e:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,21 @@ RESUME_HINT = "rerun the same command to resume"
 
 class StorageError(OSError):
     """The build's storage failed (not the user's input); one line, no traceback."""
+
+
+class StorageRefused(ValueError):
+    """An output URL that cannot be used as given (a missing filesystem package); found before
+    anything is written."""
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+GCS_RETRY_SECONDS = 30  # how long gs:// retries an unreachable service before it fails
+
+
+def redact(text: str) -> str:
+    """`text` with the user:password part of every URL in it replaced by ***: credentials in
+    an --out URL (s3://KEY:SECRET@bucket/...) are never printed or recorded."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)
@@ -62,12 +78,22 @@ def filesystem(root: str):
     if "://" not in root or root.startswith("file://"):
         path = root[len("file://"):] if root.startswith("file://") else root
         return fs.LocalFileSystem(), os.path.abspath(path)
+    if scheme(root) in ("gs", "gcs"):  # pyarrow's own default retries an unreachable service for 15 min
+        from datetime import timedelta
+
+        return (fs.GcsFileSystem(retry_time_limit=timedelta(seconds=GCS_RETRY_SECONDS)),
+                root.split("://", 1)[1].rstrip("/"))
     try:
         return fs.FileSystem.from_uri(root)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         import fsspec
 
-        fsys, path = fsspec.core.url_to_fs(root)
+        try:
+            fsys, path = fsspec.core.url_to_fs(root)
+        except ImportError as err:  # fsspec names the package the scheme needs
+            raise StorageRefused(f"{redact(root)}: {' '.join(str(err).split())}") from None
+        except ValueError as err:  # an unknown protocol
+            raise StorageRefused(f"{redact(root)}: {' '.join(str(err).split())}") from None
         return fs.PyFileSystem(fs.FSSpecHandler(fsys)), path.rstrip("/")
 
 
@@ -84,7 +110,8 @@ def scheme(root: str) -> str:
 def describe_error(err: BaseException, where: str) -> str:
     """One line for an environment failure at `where`, with the fix."""
     code = getattr(err, "errno", None)
-    text = " ".join(str(err).split()) or type(err).__name__
+    text = redact(" ".join(str(err).split()) or type(err).__name__)
+    where = redact(where)
     if code == errno.ENOSPC or "No space left" in text:
         return f"no space left on the device of {where}: free space and {RESUME_HINT}"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission denied" in text \
@@ -99,16 +126,26 @@ def describe_error(err: BaseException, where: str) -> str:
     return f"storage error at {where}: {text[:300]}; {RESUME_HINT}"
 
 
+_BUGS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError,
+         NotImplementedError, RecursionError)  # ours, not the storage's: they keep their traceback
+
+
 @contextlib.contextmanager
 def storage_errors(where: str) -> Iterator[None]:
-    """Turn OSErrors (pyarrow's included) raised inside into StorageError naming `where`."""
+    """Turn OSErrors (pyarrow's included) raised inside into StorageError naming `where`, and
+    the failures of other filesystems' clients (fsspec's: an HTTP client's connection error is
+    not an OSError) as well."""
     try:
         yield
-    except StorageError:
+    except (StorageError, StorageRefused):
         raise
     except (OSError, IOError) as err:  # ArrowIOError is an OSError too
         if isinstance(err, (FileNotFoundError, FileExistsError)):
             raise
+        raise StorageError(describe_error(err, where)) from err
+    except _BUGS:
+        raise
+    except Exception as err:  # noqa: BLE001
         raise StorageError(describe_error(err, where)) from err
 
 
@@ -152,10 +189,11 @@ class Storage:
         return posixpath.join(self.base, rel) if rel else self.base
 
     def url(self, rel: str = "") -> str:
-        """The user-facing name of a file of the build."""
+        """The user-facing name of a file of the build (no credentials a URL carried)."""
         if self.local:
             return os.path.join(self.base, rel) if rel else self.base
-        return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
+        root = redact(self.root)
+        return f"{root.rstrip('/')}/{rel}" if rel else root
 
     # reading ---------------------------------------------------------------------------------
     def kind(self, rel: str = "") -> str:
@@ -199,11 +237,16 @@ class Storage:
             return f.read()
 
     def read_json(self, rel: str) -> dict | None:
-        """A JSON file of the build, or None when it does not exist."""
+        """A JSON file of the build, or None when it does not exist; ValueError naming the file
+        when it is not JSON."""
         try:
-            return json.loads(self.read_bytes(rel).decode())
+            data = self.read_bytes(rel)
         except FileNotFoundError:
             return None
+        try:
+            return json.loads(data.decode())
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise ValueError(f"{self.url(rel)} is not a readable JSON file ({err})") from None
 
     def sha256(self, rel: str) -> tuple[int, str]:
         """(size, sha256) of a file, read through once."""

@@ -184,8 +184,9 @@ def nca_iterable_dataset(cfg: NCAConfig, band: Band | Mix | str, seed: int = 0, 
     check_args(band, rows, shard_rows, seed, split, 0)
     shard_rows = stream_shard_rows(shard_rows, rows, cfg.seq_len, split)
     count = math.ceil(rows / shard_rows) if rows is not None else num_shards
+    listed = getattr(datasets, "List", None) or datasets.Sequence  # datasets < 4 has no List
     features = datasets.Features({
-        "input_ids": datasets.List(datasets.Value("int32")),
+        "input_ids": listed(datasets.Value("int32")),
         "gzip_ratio": datasets.Value("float32"), "zstd_ratio": datasets.Value("float32"),
         "states": datasets.Value("int32"), "band": datasets.Value("string"),
         "rule_seed": datasets.Value("int64"), "sim": datasets.Value("int32")})

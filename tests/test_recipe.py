@@ -41,6 +41,8 @@ def no_file_floor(monkeypatch):
     (160_000, 1024, "train", 5_000),  # the release: 32 files of ~9 MB (164M tokens cannot fill 32 x 50 MB)
     (4_096, 1024, "validation", 512),
     (20_000, 1024, "train", 625),  # the README's first build: 32 files of ~1.1 MB
+    (50_000, 1024, "train", 1_563),  # rounded up: 32 files, the last of 1,547 rows (not 33)
+    (195_313, 1024, "train", 6_104),  # --tokens 200M: 32 files, the last of 6,089 rows
     (0, 1024, "validation", 1),
 ])
 def test_auto_shard_rows(total, seq_len, split, want):
@@ -59,12 +61,36 @@ def test_a_small_split_gets_fewer_files_of_at_least_the_floor(total, seq_len, wa
     assert files < 32 and (files == 1 or size * seq_len * BYTES_PER_TOKEN >= MIN_FILE_BYTES)
 
 
+@pytest.mark.parametrize("total", [9_100, 9_101, 20_031, 50_000, 123_457, 1_000_001])
+def test_auto_gives_whole_files_to_every_consumer(total):
+    """A 32-way job's split_dataset_by_node deals whole files only when the file count divides
+    by 32: a split of any size past the small-split floor gets exactly 32 files (8 for
+    validation), the last shorter by fewer rows than there are files."""
+    for split, want in MIN_FILES.items():
+        size = auto_shard_rows(total, 1024, want)
+        files = _files(total, size)
+        assert files % want == 0, (split, total, size, files)
+        assert 0 <= files * size - total < files
+
+
 @pytest.mark.parametrize("total, want", [
-    (100, 3),  # floor: 34 files, the last of 1 row, so every consumer gets data
+    (100, 3),  # rounding up would give 25 files: floor instead, 34 files (the last of 1 row)
     (10, 1),  # fewer rows than files: one row a file
 ])
 def test_auto_shard_rows_without_the_floor(no_file_floor, total, want):
     assert auto_shard_rows(total, 1024, 32) == want
+
+
+def test_a_remainder_makes_no_extra_file(no_file_floor):
+    """Rows that do not divide by the file count: still 32 train and 8 validation files (0.2.x
+    cut one more, short file), equal but for the last, and together the split's rows."""
+    cfg = BuildConfig(out="/tmp/unused", executor="local", rows=1_000, val_rows=100)
+    for split, files, size, last in (("train", 32, 32, 8), ("validation", 8, 13, 9)):
+        tasks = [t for t in plan(cfg) if t.split == split]
+        assert [t.index for t in tasks] == list(range(files))
+        assert {t.count for t in tasks} == {files}
+        assert [t.rows for t in tasks] == [size] * (files - 1) + [last]
+    assert cfg.identity()["shard_rows"] == {"train": 32, "validation": 13}
 
 
 def test_the_default_is_auto():
@@ -75,10 +101,11 @@ def test_the_default_is_auto():
 @pytest.mark.parametrize("total", [1_000_000, 5_000_000, 40_000_000])
 def test_auto_shard_rows_large_splits_stay_under_the_target(total):
     size = auto_shard_rows(total, 1024, 32)
-    assert _files(total, size) >= 32
+    files = _files(total, size)
+    assert files >= 32 and files % 32 == 0
     assert size * 1024 * BYTES_PER_TOKEN <= TARGET_FILE_BYTES
     # the fewest multiple of 32 files that keeps under the target: one step fewer overflows
-    fewer = (total // size) // 32 * 32 - 32
+    fewer = files - 32
     assert fewer < 32 or total / fewer * 1024 * BYTES_PER_TOKEN > TARGET_FILE_BYTES
 
 

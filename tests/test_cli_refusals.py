@@ -1,0 +1,122 @@
+"""Refusals of the build command that an audit of its bad inputs found missing: each is one line,
+exit status 2, found before anything is written, and names what is wrong. In-process
+(`cli.build_main`), so the cases share one interpreter's imports; the Ray address case uses a
+closed port on 127.0.0.1 as the unreachable cluster, and the object-store case a closed port as
+the unreachable S3 endpoint (a subprocess: pyarrow's S3 client reads its endpoint once)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ncagen.cli import build_main
+from ncagen.storage import redact
+
+SMALL = ["--seq-len", "380", "--rows", "20"]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once it is closed
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seed", str(2**64)], "seed must be in 0 .. 2**64 - 1"),
+    (["--address", "127.0.0.1:1"], "--address is for Ray"),
+    (["--shared-fs"], "--shared-fs is for Ray"),
+    (["--device", "cuda:abc"], "cuda:<index>"),
+    (["--temperature", "1e-50"], "float32"),
+    (["--identity-bias", "1e39"], "identity-bias must be finite in float32"),
+    (["--shard-rows", "0"], "--shard-rows '0'"),
+    (["--val-rows", "x"], "--val-rows 'x'"),
+])
+def test_bad_flags(tmp_path, capsys, args, words):
+    out = tmp_path / "never"
+    assert build_main([*SMALL, "--executor", "local", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_bad_outputs(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        ("", "--out is empty"),
+        (str(tmp_path / "afile" / "sub"), f"{tmp_path / 'afile'} is not a directory"),
+        ("/dev/null", "exists and is not a directory"),
+        (str(tmp_path / ("x" * 300)), "longer than the"),
+        ("az://container/x", "adlfs"),  # a scheme whose fsspec package is not installed
+    ]
+    for out, words in cases:
+        assert build_main([*SMALL, "--executor", "local", "--out", out]) == 2, out
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_bad_environment_variable_is_named_before_anything_is_written(tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setenv("NCAGEN_PROGRESS_SECONDS", "abc")
+    assert build_main([*SMALL, "--executor", "local", "--out", str(tmp_path / "o")]) == 2
+    assert "NCAGEN_PROGRESS_SECONDS must be a number" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_ray_address_fails_at_once(tmp_path, capsys):
+    """ray.init retries an address nobody answers at for minutes; the build says so at once."""
+    out = tmp_path / "never"
+    assert build_main([*SMALL, "--address", f"127.0.0.1:{_closed_port()}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no Ray cluster answers there" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_unreadable_recipes(tmp_path, capsys):
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    (tmp_path / "latin.json").write_bytes(b"\xff\xfe{}")
+    for name, words in (("deep.json", "nested too deep"), ("latin.json", "not UTF-8")):
+        assert build_main(["--recipe", str(tmp_path / name), "--executor", "local",
+                           "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and name in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_damaged_manifest_is_refused_and_overwrite_replaces_it(tmp_path, capsys):
+    for body, words in (("[]", "is not a JSON object"),
+                        ('{"config": {}, "shards": [1]}', "'shards' is not a JSON object"),
+                        ('{"config": {}, "shards": {"a": 1}}', "not a JSON object"),
+                        ("{x", "ncagen.json is not a readable JSON file")):
+        out = tmp_path / "d"
+        out.mkdir(exist_ok=True)
+        (out / "ncagen.json").write_text(body)
+        assert build_main([*SMALL, "--executor", "local", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "--overwrite" in err and len(err.strip().splitlines()) == 1, err
+        assert [p.name for p in out.iterdir()] == ["ncagen.json"]
+    assert build_main([*SMALL, "--executor", "local", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "ncagen.json").read_text())["complete"] is True
+
+
+def test_redact_hides_the_credentials_of_every_url():
+    text = "at s3://AKIA:Secret@bkt/y and http://u:p@127.0.0.1:9/x; s3://bkt/z mail a@b.c"
+    assert redact(text) == "at s3://***@bkt/y and http://***@127.0.0.1:9/x; s3://bkt/z mail a@b.c"
+
+
+def test_credentials_in_the_output_url_are_never_printed(tmp_path):
+    """An unreachable S3 endpoint (a closed port) stands in for the remote store."""
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "AKIAENV",
+           "AWS_SECRET_ACCESS_KEY": "EnvSecret456"}
+    res = subprocess.run([sys.executable, "-m", "ncagen.build", *SMALL, "--executor", "local",
+                          "--out", "s3://AKIAURLKEY:UrlSecret123@bucket/x"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 1 and "storage unreachable" in res.stderr, res.stderr
+    assert "s3://***@bucket/x" in res.stderr
+    for secret in ("UrlSecret123", "AKIAURLKEY", "EnvSecret456"):
+        assert secret not in res.stderr + res.stdout
