@@ -30,17 +30,18 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def parse_amount(text: str, minimum: int = 1, flag: str = "amount") -> int:
+def parse_amount(text: str, minimum: int = 1, flag: str = "") -> int:
     """'200M' -> 200_000_000; plain integers pass through; inf, nan and fractions are refused
-    (the error names `flag`)."""
+    (the error names `flag` when given)."""
+    what = f"{flag} amount" if flag else "amount"
     t = text.strip().upper()
     num, scale = (t[:-1], _SUFFIX[t[-1]]) if t[-1:] in _SUFFIX and t[-1:] else (t, 1)
     try:
         value = float(num) * scale
     except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not a number with an optional K/M/B suffix") from None
+        raise ConfigError(f"{what} {text!r} is not a number with an optional K/M/B suffix") from None
     if not math.isfinite(value) or value != int(value) or value < minimum:
-        raise ConfigError(f"{flag} {text!r} must be a whole number >= {minimum}")
+        raise ConfigError(f"{what} {text!r} must be a whole number >= {minimum}")
     return int(value)
 
 

@@ -116,7 +116,7 @@ def test_rerun_is_a_noop_and_other_config_refused(built):
     (["--patch", "4", "--rows", "10"], "int32"),
     (["--seq-len", "20", "--rows", "10"], "too short for one grid"),
     (["--temperature", "0", "--rows", "10"], "temperature"),
-    (["--tokens", "1Q"], "--tokens '1Q' is not a number"),
+    (["--tokens", "1Q"], "--tokens amount '1Q' is not a number"),
     pytest.param(["--rows", "10", "--device", "cuda:0"], "no CUDA", marks=pytest.mark.skipif(
         _cuda(), reason="a CUDA GPU is visible: --device cuda is not an error here")),
     ([], "--rows or --tokens"),

@@ -32,8 +32,8 @@ def _closed_port() -> int:
     (["--device", "cuda:abc"], "cuda:<index>"),
     (["--temperature", "1e-50"], "float32"),
     (["--identity-bias", "1e39"], "identity-bias must be finite in float32"),
-    (["--shard-rows", "0"], "--shard-rows '0'"),
-    (["--val-rows", "x"], "--val-rows 'x'"),
+    (["--shard-rows", "0"], "--shard-rows amount '0'"),
+    (["--val-rows", "x"], "--val-rows amount 'x'"),
 ])
 def test_bad_flags(tmp_path, capsys, args, words):
     out = tmp_path / "never"
