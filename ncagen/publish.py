@@ -17,6 +17,18 @@ is resumed by running it again, and content already stored on the Hub is not sen
 LFS batch API and Xet deduplication both skip it). Files from an object store are copied to a
 local staging folder a batch at a time and each is removed as soon as the Hub holds it.
 
+Every data shard is checked against its manifest record before the Hub is contacted: a local
+shard is hashed (once: the upload reuses that SHA-256), a shard in an object store is matched
+by size and modification time (one listing, as a resumed build does) and hashed while it is
+staged, before its bytes are sent. The first Hub request (whoami) gives up after
+NCAGEN_HUB_TIMEOUT seconds (default 30), so a Hub that never answers fails in one line.
+
+Exit status (as for the build): 0 done; 2 refused before anything was uploaded (bad input, a
+build that does not match its manifest, a missing or rejected token, a tag in the way); 1 the
+environment failed (the Hub unreachable or failing, the build's storage unreadable): rerunning
+the same command resumes. Credentials in a URL (HF_ENDPOINT, s3://KEY:SECRET@bucket/...) are
+never printed.
+
 Hidden files and folders (.cache, .gitattributes, ...) and temporary files (*.tmp, *.partial,
 ...) are never uploaded, and never deleted on the Hub either. The token is resolved by
 huggingface_hub (argument, HF_TOKEN, then the login cache) and goes nowhere but the
@@ -47,7 +59,7 @@ from pyarrow import fs
 
 from .recipe import release_tag
 from .shards import MANIFEST
-from .storage import filesystem
+from .storage import filesystem, redact
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -63,13 +75,22 @@ SKIPPED_DIRS = frozenset({"__pycache__"})
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+BRANCH_FORBIDDEN = frozenset(" ~^:?*[\\") | {chr(c) for c in (*range(32), 127)}  # as git's
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+HUB_TIMEOUT = 30.0  # seconds the first Hub request may take; NCAGEN_HUB_TIMEOUT overrides
+RESUME = "rerun the same command to resume"
 REBUILD = "rerun its build command to finish it"
 _HASH_BLOCK = 1 << 20
 _NAMED = 3  # paths a refusal names before it counts the rest
 
 
 class PublishError(RuntimeError):
-    """The Hub refused or failed a publish step; the message is one line and holds no secret."""
+    """A publish refused (no or a rejected token, a tag in the way); one line, no secret."""
+
+
+class PublishFailed(PublishError):
+    """The environment failed: the Hub unreachable or failing, the build unreadable; one line,
+    no secret. Rerunning the same command resumes."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,8 @@ class DatasetFile:
     path: str  # POSIX path, e.g. "data/band_50_100/train-00000-of-00002.parquet"
     size: int
     sha256: str | None = None  # the manifest's record for a data shard; None: hash the file
+    mtime_ns: int | None = None  # as listed; an object-store shard is matched by it
+    recorded_mtime_ns: int | None = None  # the manifest's record for a data shard
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,11 @@ class Build:
     def is_local(self) -> bool:
         """Whether the files can be read in place (no staging copy needed)."""
         return isinstance(self.fsys, fs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        """`root` for messages: without the credentials a URL may carry."""
+        return redact(self.root)
 
     def location(self, f: DatasetFile) -> str:
         """Path of one of the build's files inside fsys."""
@@ -124,19 +152,25 @@ class PublishReport:
 
 
 def load_build(out_dir: str | os.PathLike) -> Build:
-    """The build at a local path or URL, or ValueError saying why it must not be published."""
+    """The build at a local path or URL, or ValueError saying why it must not be published
+    (PublishFailed where its storage cannot be read)."""
     root = os.fspath(out_dir)
+    name = redact(root)
     try:
         fsys, base = filesystem(root)
-        if fsys.get_file_info(base).type != fs.FileType.Directory:
-            raise ValueError(f"{root}: no such directory")
-        manifest = read_manifest(fsys, base, root)
+        kind = fsys.get_file_info(base).type
+        if kind != fs.FileType.Directory:
+            raise ValueError(f"{name}: " + ("a file, not a build directory"
+                                            if kind == fs.FileType.File else "no such directory"))
+        manifest = read_manifest(fsys, base, name)
         files = dataset_files(fsys, base)
-    except (ImportError, OSError) as err:
-        raise ValueError(f"cannot read {root}: {type(err).__name__}: {err}") from None
-    check_complete(manifest, root)
+    except ImportError as err:  # the filesystem package the URL's scheme needs
+        raise ValueError(f"cannot read {name}: {_one_line(err)}") from None
+    except OSError as err:
+        raise PublishFailed(f"cannot read {name}: {_one_line(err)}; {RESUME}") from err
+    check_complete(manifest, name)
     release = manifest.get("release")
-    return Build(root, fsys, base, tuple(match_manifest(files, manifest, root)),
+    return Build(root, fsys, base, tuple(match_manifest(files, manifest, name)),
                  release=str(release) if release else None)
 
 
@@ -184,15 +218,38 @@ def match_manifest(files: list[DatasetFile], manifest: dict, root: str) -> list[
     ]
     if resized:
         problems.append(f"size differs: {_name_some(resized)}")
+    if unhashed := sorted(p for p in set(data) & set(shards) if not _recorded_sha256(shards[p])):
+        problems.append(f"no SHA-256 recorded: {_name_some(unhashed)}")
     if problems:
         raise ValueError(
             f"the files under data/ in {root} do not match its manifest "
             f"({'; '.join(problems)}); {REBUILD}"
         )
     return [
-        replace(f, sha256=_recorded_sha256(shards[f.path])) if f.path in shards else f
+        replace(f, sha256=_recorded_sha256(shards[f.path]),
+                recorded_mtime_ns=shards[f.path].get("mtime_ns")) if f.path in shards else f
         for f in files
     ]
+
+
+def check_content(build: Build) -> None:
+    """Refuse a build whose shards do not hold what the manifest records (ValueError), before
+    the Hub is contacted; see the module docstring for how each shard is matched."""
+    altered = []
+    for f in build.files:
+        # An object is rewritten whole, so one still listed with its recorded mtime is the one
+        # recorded; a copied one (or any local file) only its bytes can vouch for.
+        listed_as_recorded = (not build.is_local and f.recorded_mtime_ns is not None
+                              and f.mtime_ns == f.recorded_mtime_ns)
+        if f.sha256 is not None and not listed_as_recorded:  # None: not a shard, nothing to check
+            if _digest(build, f, hashlib.sha256()) != f.sha256:
+                altered.append(f.path)
+    if altered:
+        does = "does" if len(altered) == 1 else "do"
+        raise ValueError(
+            f"{_name_some(altered)} in {build.name} {does} not hold what {MANIFEST} records "
+            f"(the SHA-256 differs); {REBUILD}"
+        )
 
 
 def _recorded_sha256(entry: dict) -> str | None:
@@ -240,7 +297,7 @@ def dataset_files(fsys: fs.FileSystem, base: str) -> list[DatasetFile]:
     for info in fsys.get_file_info(fs.FileSelector(base, recursive=True)):
         rel = PurePosixPath(posixpath.relpath(info.path, base))
         if info.type == fs.FileType.File and is_dataset_file(rel):
-            found.append(DatasetFile(path=rel.as_posix(), size=info.size))
+            found.append(DatasetFile(path=rel.as_posix(), size=info.size, mtime_ns=info.mtime_ns))
     return sorted(found, key=lambda f: ("/" not in f.path, f.path))
 
 
@@ -298,6 +355,30 @@ def remote_files(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]
         return {}  # a repo without any commit yet
 
 
+def check_branch(branch: str) -> str:
+    """Return `branch` if git accepts it as a branch name (the rules of `git check-ref-format
+    --branch`) and it cannot be read as a commit id, else raise ValueError."""
+    parts = branch.split("/") if isinstance(branch, str) else [""]
+    ok = (
+        bool(branch)
+        and branch not in ("@", "HEAD")
+        and not BRANCH_FORBIDDEN.intersection(branch)
+        and not any(bad in branch for bad in ("..", "//", "@{"))
+        and not branch.startswith(("-", "/"))
+        and not branch.endswith(("/", ".", ".lock"))
+        and not any(part.startswith(".") or part.endswith(".lock") for part in parts)
+        and len(branch) <= 255
+        and not COMMIT_ID.fullmatch(branch)
+    )
+    if not ok:
+        raise ValueError(
+            f"bad revision {branch!r}: expected a git branch name, without spaces, control "
+            "characters, '..', '//', '@{' or any of ~^:?*[\\, not starting with '-', '/' or "
+            "'.', not ending with '/', '.' or '.lock'"
+        )
+    return branch
+
+
 def check_tag(tag: str) -> str:
     """Return `tag` if git and the Hub accept it as a tag name, else raise ValueError."""
     ok = (
@@ -306,7 +387,7 @@ def check_tag(tag: str) -> str:
         and len(tag) <= 128
         and ".." not in tag
         and not tag.endswith((".", ".lock"))
-        and not re.fullmatch(r"[0-9a-f]{40}", tag)  # would read as a commit id
+        and not COMMIT_ID.fullmatch(tag)  # would read as a commit id
     )
     if not ok:
         raise ValueError(
@@ -317,8 +398,8 @@ def check_tag(tag: str) -> str:
 
 
 def repo_url(endpoint: str, repo_id: str, revision: str) -> str:
-    """Web address of the dataset repo at a branch or tag."""
-    url = f"{endpoint.rstrip('/')}/datasets/{repo_id}"
+    """Web address of the dataset repo at a branch or tag (without the endpoint's credentials)."""
+    url = f"{redact(endpoint).rstrip('/')}/datasets/{repo_id}"
     return url if revision == "main" else f"{url}/tree/{quote(revision, safe='')}"
 
 
@@ -337,16 +418,19 @@ def publish(
     """Make a branch of the Hub dataset repo `repo_id` hold the build's files, in one commit,
     and tag that commit if asked."""
     check_repo_id(repo_id)
-    if revision is not None and not revision.strip():
-        raise ValueError("revision must be a non-empty branch name")
-    branch = revision or "main"
+    branch = "main" if revision is None else check_branch(revision)
     if tag is not None:
         check_tag(tag)
         if tag == branch:
             raise ValueError(f"tag {tag!r} has the name of the branch it would tag; pick another")
     if files_per_batch < 1:
         raise ValueError(f"files_per_batch must be at least 1, got {files_per_batch}")
+    timeout = hub_timeout()
     build = load_build(out_dir)
+    try:
+        check_content(build)
+    except OSError as err:
+        raise PublishFailed(f"cannot read {build.name}: {_one_line(err)}; {RESUME}") from err
 
     from huggingface_hub import constants
 
@@ -368,16 +452,39 @@ def publish(
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return _publish(build, repo_id, branch, tag, private, token, endpoint, files_per_batch)
+        return _publish(
+            build, repo_id, branch, tag, private, token, endpoint, files_per_batch, timeout
+        )
     except HfHubHTTPError as err:
-        raise PublishError(_describe_http_error(err)) from err
+        raise _http_error(err) from err
     except _network_errors() as err:
-        where = endpoint or constants.ENDPOINT
-        raise PublishError(
-            f"could not reach the Hub at {where}: {type(err).__name__}: {err}"
+        where = redact(endpoint or constants.ENDPOINT)
+        if "Timeout" in type(err).__name__:  # ConnectTimeout, ReadTimeout, ...
+            raise PublishFailed(
+                f"the Hub at {where} did not answer in time ({type(err).__name__}; the first "
+                f"request waits {timeout:g} s, NCAGEN_HUB_TIMEOUT sets that): check HF_ENDPOINT "
+                f"and the network, then {RESUME}"
+            ) from err
+        raise PublishFailed(
+            f"could not reach the Hub at {where}: {type(err).__name__}: {_one_line(err)}; "
+            f"check HF_ENDPOINT and the network, then {RESUME}"
         ) from err
     except OSError as err:  # reading the build or writing the staging copies
-        raise PublishError(f"publishing {build.root} failed: {type(err).__name__}: {err}") from err
+        raise PublishFailed(f"publishing {build.name} failed: {_one_line(err)}; {RESUME}") from err
+
+
+def hub_timeout() -> float:
+    """Seconds the first Hub request may take: NCAGEN_HUB_TIMEOUT, else HUB_TIMEOUT."""
+    text = os.environ.get("NCAGEN_HUB_TIMEOUT", "").strip()
+    if not text:
+        return HUB_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"NCAGEN_HUB_TIMEOUT must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def _publish(
@@ -389,6 +496,7 @@ def _publish(
     token: str | None,
     endpoint: str | None,
     files_per_batch: int,
+    timeout: float,
 ) -> PublishReport:
     """The networked part of `publish`; Hub HTTP errors propagate to the caller."""
     from huggingface_hub import CommitOperationDelete, HfApi, get_token
@@ -397,7 +505,7 @@ def _publish(
     if not token:
         raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = HfApi(endpoint=endpoint, token=token, library_name="ncagen")
-    _check_write_access(api.whoami())
+    _check_write_access(_whoami(api, token, timeout))
 
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     if branch != "main":
@@ -411,7 +519,7 @@ def _publish(
     to_upload, unchanged, stale = plan_publish(build, remote)
     logger.info(
         "%s: %d files to upload (%s), %d unchanged, %d to delete",
-        build.root,
+        build.name,
         len(to_upload),
         _human_bytes(sum(f.size for f in to_upload)),
         len(unchanged),
@@ -493,13 +601,15 @@ def _preupload(
     additions = []
     batches = list(_batches(files, files_per_batch, STAGING_BYTES))
     for number, batch in enumerate(batches, start=1):
-        ops = [
-            CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=_local_copy(build, f, staging))
-            for f in batch
-        ]
+        ops = []
+        for f in batch:
+            path, sha256 = _local_copy(build, f, staging)
+            op = CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=path)
+            if sha256 is not None:  # known already: the client need not read the file for it
+                op.upload_info.sha256 = bytes.fromhex(sha256)
+            ops.append(op)
         api.preupload_lfs_files(repo_id, ops, repo_type="dataset", revision=branch)
         for f, op in zip(batch, ops):
-            _check_recorded(build, f, op)
             if not build.is_local and not isinstance(op.path_or_fileobj, str):
                 # The Hub holds the content and the commit names it by hash: drop the copy.
                 # Regular (small, non-LFS) files keep theirs until the commit sends them.
@@ -528,30 +638,30 @@ def _batches(
         yield batch
 
 
-def _local_copy(build: Build, f: DatasetFile, staging: str) -> str:
-    """A local path holding the file: the file itself in a local build, else a staged copy."""
+def _local_copy(build: Build, f: DatasetFile, staging: str) -> tuple[str, str | None]:
+    """(a local path holding the file, its SHA-256 where known): the file itself in a local
+    build (a shard's checked by `check_content`), else a staged copy, hashed as it is written
+    and refused (ValueError) where it is not what the manifest records."""
     if build.is_local:
-        return build.location(f)
+        return build.location(f), f.sha256
     target = _staged_path(staging, f)
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    digest = hashlib.sha256()
     with build.fsys.open_input_stream(build.location(f)) as source, open(target, "wb") as sink:
         while block := source.read(_HASH_BLOCK):
+            digest.update(block)
             sink.write(block)
-    return target
+    if f.sha256 is not None and digest.hexdigest() != f.sha256:
+        raise ValueError(
+            f"{f.path} in {build.name} does not hold what {MANIFEST} records (the SHA-256 of "
+            f"the copy staged for upload differs); {REBUILD}"
+        )
+    return target, digest.hexdigest()
 
 
 def _staged_path(staging: str, f: DatasetFile) -> str:
     """Where the staged copy of a file of an object-store build lies."""
     return os.path.join(staging, *f.path.split("/"))
-
-
-def _check_recorded(build: Build, f: DatasetFile, op: CommitOperationAdd) -> None:
-    """Refuse a shard whose uploaded bytes are not the ones its manifest records."""
-    if f.sha256 is not None and op.upload_info.sha256.hex() != f.sha256:
-        raise ValueError(
-            f"{f.path} in {build.root} does not hold what {MANIFEST} records "
-            f"(its SHA-256 differs); {REBUILD}"
-        )
 
 
 def _commit_message(added: int, deleted: int) -> str:
@@ -573,6 +683,26 @@ def _network_errors() -> tuple[type[Exception], ...]:
     return tuple(kinds)
 
 
+def _whoami(api: HfApi, token: str, timeout: float) -> dict:
+    """The Hub's whoami for the token, waiting at most `timeout` seconds (HfApi.whoami takes no
+    timeout, and the client's default is none: a Hub that never answers would hang publish)."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    response = get_session().get(
+        f"{api.endpoint}/api/whoami-v2",
+        headers=build_hf_headers(token=token, library_name="ncagen"),
+        timeout=timeout,
+    )
+    hf_raise_for_status(response)
+    try:
+        return response.json()
+    except ValueError:  # some other web server
+        raise PublishError(
+            f"{redact(api.endpoint)} does not answer as the Hub does (its whoami is not JSON): "
+            "check HF_ENDPOINT"
+        ) from None
+
+
 def _check_write_access(whoami: dict) -> None:
     """Refuse read-only tokens up front rather than after hashing and uploading."""
     role = ((whoami.get("auth") or {}).get("accessToken") or {}).get("role")
@@ -580,18 +710,24 @@ def _check_write_access(whoami: dict) -> None:
         raise PublishError("the Hugging Face token is read-only; publishing needs a write token")
 
 
-def _describe_http_error(err: HfHubHTTPError) -> str:
-    """One line for a Hub HTTP error, naming rejected credentials plainly."""
+def _http_error(err: HfHubHTTPError) -> PublishError:
+    """One line for a Hub HTTP error: rejected credentials are a refusal, anything else the
+    Hub failing (PublishFailed)."""
     status = err.response.status_code if err.response is not None else None
     if status in (401, 403):
-        return (
+        return PublishError(
             f"the Hub rejected the token (HTTP {status}): "
             "check HF_TOKEN or `hf auth login`, and write access"
         )
     first_line = next(
         (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
     )
-    return f"Hub request failed (HTTP {status}): {first_line}"
+    return PublishFailed(f"Hub request failed (HTTP {status}): {redact(first_line)}; {RESUME}")
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line, without the credentials a URL in it may carry."""
+    return redact(" ".join(str(err).split()) or type(err).__name__)
 
 
 def _human_bytes(n: int) -> str:
@@ -665,7 +801,8 @@ def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the build and list what would be uploaded; contact nothing",
+        help="check the build (every shard against the manifest) and list what would be "
+        "uploaded; the Hub is not contacted",
     )
     return parser.parse_args(argv)
 
@@ -684,8 +821,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ncagen.publish") 
             tag=args.tag,
             dry_run=args.dry_run,
         )
+    except PublishFailed as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
     except (ValueError, PublishError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     print(format_report(report))
     return 0

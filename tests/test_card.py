@@ -1,7 +1,9 @@
 """The dataset card: Hub-valid YAML, numbers recomputed from the Parquet files, figures, CLI."""
 
+import errno
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -255,6 +257,91 @@ def test_inconsistent_build_is_refused(built, tmp_path, edit, message):
     copy = _tampered(built, tmp_path, edit)
     with pytest.raises(CardError, match=message):
         write_card(str(copy))
+
+
+def _without(*keys):
+    """An edit that deletes a (nested) key of the manifest."""
+    def edit(manifest, _):
+        *parents, last = keys
+        for key in parents:
+            manifest = manifest[key]
+        del manifest[last]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (None, "must hold a JSON object, not a list"),
+    (_without("config"), "is malformed: it has no config"),
+    (_without("config", "nca"), "is malformed: it has no config.nca"),
+    (_without("shards"), "is malformed: it has no shards"),
+    (_without("partitions", "band_50_100", "splits"),
+     "is malformed: it has no partitions['band_50_100'].splits"),
+    (_without("partitions", "band_40_50", "splits", "train", "tokens"),
+     "it has no partitions['band_40_50'].splits.train.tokens"),
+    (lambda m, d: m["partitions"]["band_40_50"].update(states="10"),
+     "partitions['band_40_50'].states must be an integer, not a string"),
+    (lambda m, d: m["config"]["nca"].update(colour="red"),
+     "partitions['band_40_50']: NCAConfig.__init__() got an unexpected keyword argument"),
+    (lambda m, d: m["partitions"].update(band_40_50=[]),
+     "partitions['band_40_50'] must be an object, not a list"),
+])
+def test_malformed_manifest_is_one_line_with_status_2(built, tmp_path, capsys, edit, message):
+    if edit is None:
+        copy = tmp_path / "nca"
+        shutil.copytree(built, copy)
+        (copy / "ncagen.json").write_text("[]")
+    else:
+        copy = _tampered(built, tmp_path, edit)
+    card = (copy / "README.md").read_bytes()
+
+    assert main([str(copy)]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("error: ")
+    assert f"{copy / 'ncagen.json'}" in err and message in err
+    assert (copy / "README.md").read_bytes() == card  # nothing written
+
+
+def test_bad_repo_id_is_refused_before_writing(built, tmp_path, capsys):
+    copy = tmp_path / "nca"
+    shutil.copytree(built, copy)
+    card = (copy / "README.md").read_bytes()
+
+    assert main([str(copy), "--repo", "bad repo/!!"]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "bad repo id 'bad repo/!!'" in err
+    assert (copy / "README.md").read_bytes() == card
+
+
+def test_truncated_shard_is_named(built, tmp_path, capsys):
+    copy = tmp_path / "nca"
+    shutil.copytree(built, copy)
+    shard = "data/band_50_100/train-00001-of-00002.parquet"
+    content = (copy / shard).read_bytes()
+    (copy / shard).write_bytes(content[: len(content) // 2])
+
+    assert main([str(copy)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{shard} is not a readable Parquet file" in err
+
+
+def test_environment_failure_is_status_1(built, tmp_path, capsys, monkeypatch):
+    copy = tmp_path / "nca"
+    shutil.copytree(built, copy)
+
+    def denied(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied", dst)
+
+    monkeypatch.setattr(os, "replace", denied)  # every write of the card renames into place
+    assert main([str(copy), "--no-figures"]) == 1
+    monkeypatch.undo()
+
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert "permission denied writing" in err and str(copy) in err
 
 
 def run_cli(*args):

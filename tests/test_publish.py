@@ -12,7 +12,10 @@ import hashlib
 import json
 import logging
 import secrets
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +113,34 @@ def data_files(files) -> set[str]:
 @pytest.fixture
 def build(tmp_path) -> Path:
     return write_build(tmp_path / "build")
+
+
+def flip_a_byte(path: Path) -> None:
+    """Alter a file in place: same size, other bytes."""
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+@pytest.fixture
+def object_store(build, monkeypatch):
+    """The build read the way an object store is (pyarrow over an fsspec filesystem: listed
+    mtimes, staged copies), from the local folder, and a way to record the listed mtimes in its
+    manifest the way a build on an object store does."""
+    import fsspec
+    from pyarrow import fs
+
+    store = fs.PyFileSystem(fs.FSSpecHandler(fsspec.filesystem("file")))
+    monkeypatch.setattr(publish_module, "filesystem", lambda root: (store, str(root)))
+
+    def record_mtimes() -> None:
+        manifest = json.loads((build / MANIFEST).read_text())
+        for rel, record in manifest["shards"].items():
+            record["mtime_ns"] = store.get_file_info(str(build / rel)).mtime_ns
+        (build / MANIFEST).write_text(json.dumps(manifest))
+
+    assert not load_build(build).is_local
+    return record_mtimes
 
 
 @pytest.fixture
@@ -321,6 +352,8 @@ def test_dry_run_lists_files_and_contacts_nothing(hub, build, capsys, monkeypatc
         "missing shard",
         "extra shard",
         "resized shard",
+        "no shard list",
+        "shard without sha256",
         "not complete, dry run",
     ],
 )
@@ -338,6 +371,10 @@ def test_unfinished_build_is_refused_before_contacting_the_hub(case, hub, build,
     elif case == "resized shard":
         with open(build / SMALL, "ab") as fh:
             fh.write(b"\0")
+    elif case == "no shard list":
+        del manifest["shards"]
+    elif case == "shard without sha256":
+        del manifest["shards"][BIG]["sha256"]
     if case.endswith("dry run"):
         args.append("--dry-run")
     (build / MANIFEST).write_text(json.dumps(manifest))
@@ -354,26 +391,89 @@ def test_unfinished_build_is_refused_before_contacting_the_hub(case, hub, build,
         "missing shard": f"do not match its manifest (missing: {BIG})",
         "extra shard": f"not in the manifest: {SHARDS}/train-00002-of-00002.parquet",
         "resized shard": f"size differs: {SMALL} is",
+        "no shard list": f"{MANIFEST} in {build} holds no shard list",
+        "shard without sha256": f"do not match its manifest (no SHA-256 recorded: {BIG})",
         "not complete, dry run": "is not complete",
     }[case]
     assert expected in err
 
 
-def test_shard_whose_content_differs_from_the_manifest_is_never_committed(hub, build, capsys):
-    content = bytearray((build / SMALL).read_bytes())
-    content[len(content) // 2] ^= 0xFF  # same size, other bytes
-    (build / SMALL).write_bytes(bytes(content))
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_shard_whose_content_differs_from_the_manifest_is_refused_before_contacting_the_hub(
+    dry_run, hub, build, capsys
+):
+    flip_a_byte(build / SMALL)
+
+    assert main([str(build), "--repo", REPO, *(["--dry-run"] if dry_run else [])]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert f"{SMALL} in {build} does not hold what {MANIFEST} records" in err
+    assert REFUSAL_FIX in err
+    assert hub.requests == [] and hub.repos == {}  # no repo created, nothing sent
+
+
+def test_each_local_shard_is_hashed_once(hub, build, monkeypatch):
+    """The check before the Hub reads every shard once; the upload reuses that SHA-256."""
+    from huggingface_hub import lfs
+
+    hashed = []
+    digest, sha_fileobj = publish_module._digest, lfs.sha_fileobj
+    monkeypatch.setattr(
+        publish_module, "_digest", lambda b, f, d: hashed.append(f.path) or digest(b, f, d)
+    )
+
+    def spy_sha_fileobj(fileobj, *args, **kwargs):
+        hashed.append(Path(fileobj.name).relative_to(build).as_posix())
+        return sha_fileobj(fileobj, *args, **kwargs)
+
+    monkeypatch.setattr(lfs, "sha_fileobj", spy_sha_fileobj)
+
+    publish(build, REPO, endpoint=hub.url)
+
+    assert sorted(p for p in hashed if p.startswith("data/")) == [SMALL, BIG]
+    assert hub.files(REPO)[BIG] == (build / BIG).read_bytes()
+
+
+def test_object_store_shard_that_differs_is_refused_before_contacting_the_hub(
+    hub, build, object_store, capsys
+):
+    object_store()
+    flip_a_byte(build / SMALL)  # a rewritten object: its mtime is no longer the recorded one
 
     assert main([str(build), "--repo", REPO]) == 2
 
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and f"{SMALL} in {build} does not hold what" in err
-    assert REFUSAL_FIX in err
-    assert hub.commit_count(REPO) == 1 and commit_ops(hub) == []
+    assert hub.requests == [] and hub.repos == {}
+
+
+def test_object_store_shards_listed_as_recorded_are_trusted_and_checked_when_staged(
+    hub, build, object_store, monkeypatch, capsys
+):
+    """An object listed with its recorded size and mtime is not read before the Hub; its
+    staged copy is hashed as it is written, and one that differs is never sent."""
+    object_store()
+    hashed = []
+    digest = publish_module._digest
+    monkeypatch.setattr(
+        publish_module, "_digest", lambda b, f, d: hashed.append(f.path) or digest(b, f, d)
+    )
+    flip_a_byte(build / SMALL)
+    object_store()  # listed as recorded, yet other bytes
+
+    assert main([str(build), "--repo", REPO]) == 2
+
+    assert hub.lfs_puts == [] and commit_ops(hub) == []  # its bytes never reached the Hub
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"{SMALL} in {build} does not hold what" in err
+    assert "staged" in err and not data_files(hashed)
 
 
 @pytest.mark.parametrize(
-    "case", ["missing dir", "not a build", "bad repo id", "missing token", "rejected token"]
+    "case",
+    ["missing dir", "a file", "not a build", "bad repo id", "missing token", "rejected token",
+     "bad timeout"],
 )
 def test_cli_errors_are_one_line_with_status_2(
     case, hub, build, token, tmp_path, capsys, monkeypatch
@@ -381,6 +481,10 @@ def test_cli_errors_are_one_line_with_status_2(
     target, repo, other_token = build, REPO, "hf_" + secrets.token_urlsafe(24)
     if case == "missing dir":
         target = tmp_path / "nowhere"
+    elif case == "a file":
+        target = build / MANIFEST
+    elif case == "bad timeout":
+        monkeypatch.setenv("NCAGEN_HUB_TIMEOUT", "soon")
     elif case == "not a build":
         (build / MANIFEST).unlink()
     elif case == "bad repo id":
@@ -398,6 +502,8 @@ def test_cli_errors_are_one_line_with_status_2(
     assert token not in err and other_token not in err
     expected = {
         "missing dir": "no such directory",
+        "a file": f"{build / MANIFEST}: a file, not a build directory",
+        "bad timeout": "NCAGEN_HUB_TIMEOUT must be a positive number of seconds, got 'soon'",
         "not a build": "not an ncagen build",
         "bad repo id": "bad repo id",
         "missing token": "no Hugging Face token",
@@ -408,7 +514,91 @@ def test_cli_errors_are_one_line_with_status_2(
         assert hub.requests == []
 
 
-def test_publish_from_memory_url_stages_one_batch_and_hashes_no_shard(
+@pytest.mark.parametrize(
+    "revision", ["a..b", "bad branch~^:", "-x", "x/", "x.lock", "x.", "a//b", "a@{1}", "@", "a/.b",
+                 "tab\there", "back\\slash", "star*", "0" * 40]
+)
+def test_bad_revisions_are_refused_before_contacting_the_hub(revision, hub, build, capsys):
+    assert main([str(build), "--repo", REPO, f"--revision={revision}"]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"error: bad revision {revision!r}: expected a git branch name")
+    assert hub.requests == [] and hub.repos == {}
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_hub_is_one_line_status_1_without_the_endpoints_password(
+    hub, build, capsys, monkeypatch
+):
+    from huggingface_hub import constants
+
+    endpoint = f"http://user:Pass123@127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+
+    assert main([str(build), "--repo", REPO]) == 1
+
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "could not reach the Hub at http://***@127.0.0.1:" in err and "Pass123" not in err
+
+
+def test_hub_that_never_answers_times_out_in_one_line(hub, build, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    silent = socket.socket()  # listening: the kernel completes connections; nobody answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setenv("NCAGEN_HUB_TIMEOUT", "0.5")
+    status = []
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: status.append(main([str(build), "--repo", REPO])),
+                              daemon=True)
+    try:
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "publish still waits for the Hub"
+    finally:
+        silent.close()  # lets a hung request fail, so no thread outlives the test
+    assert status == [1] and time.monotonic() - started < 15
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert f"the Hub at {endpoint} did not answer in time" in err and "0.5 s" in err
+
+
+def test_hub_failing_mid_way_is_status_1(hub, build, capsys):
+    hub.fail_commits = 1
+
+    assert main([str(build), "--repo", REPO]) == 1
+
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Hub request failed (HTTP 500)" in err
+    assert "rerun the same command to resume" in err
+    assert main([str(build), "--repo", REPO]) == 0  # and a rerun finishes it
+
+
+def test_object_store_credentials_are_never_printed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    assert main(["s3://AKIDKEY:Secret123@bucket/ds", "--repo", REPO, "--dry-run"]) == 1
+
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "cannot read s3://***@bucket/ds" in err
+    assert "Secret123" not in err and "AKIDKEY" not in err
+
+
+def test_publish_from_memory_url_stages_one_batch_and_hashes_each_shard_once(
     hub, build, memory_url, tmp_path, monkeypatch
 ):
     """An object-store build (memory:// here, s3:// alike) goes through the same code path."""
@@ -444,7 +634,9 @@ def test_publish_from_memory_url_stages_one_batch_and_hashes_no_shard(
     again = publish(memory_url, REPO, endpoint=hub.url)
 
     assert again.commit is None and set(again.unchanged) == EXPECTED
-    assert hashed and not data_files(hashed)  # shards compared by the manifest's SHA-256
+    # memory:// lists no mtimes, so each shard is hashed once, before the Hub is contacted;
+    # the Hub's listing is then compared with the manifest's SHA-256, not the bytes
+    assert sorted(p for p in hashed if p.startswith("data/")) == [SMALL, BIG]
 
 
 def test_memory_url_refusals_are_one_line(hub, memory_url, capsys):

@@ -138,7 +138,7 @@ def test_flag_builds_keep_their_identity():
     ({"rows": "lots"}, "is not a number"),
     ({"rows": None}, "'rows' must be an integer"),
     ({"tokens": "1M"}, "exactly one of 'rows' or 'tokens'"),
-    ({"seed": -1}, "seed must be >= 0"),
+    ({"seed": -1}, "seed must be in 0 "),
     ({"seed": True}, "'seed' must be an integer"),
     ({"shard_rows": 0}, "must be a whole number >= 1"),
     ({"version": ""}, "'version' must be a non-empty string"),

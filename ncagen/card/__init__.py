@@ -9,6 +9,10 @@ One room per job:
     __init__.py  write_card: scan, render, write; the command line
 
     python -m ncagen.card DIR [--repo ORG/NAME] [--no-figures] [--quick]
+
+Exit status (as for the build): 0 done; 2 refused before anything was written (a bad repo id,
+a build that is missing, incomplete, malformed or inconsistent); 1 the environment failed
+(storage unreachable, permission denied, disk full).
 """
 
 from __future__ import annotations
@@ -47,8 +51,11 @@ def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REP
     `quick`: token counts from the shards' footers (the build's own card), see scan_partition."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..publish import check_repo_id
     from ..storage import Storage
 
+    if repo_id != DEFAULT_REPO:  # the placeholder of a card not yet meant for a repo
+        check_repo_id(repo_id)
     store = Storage(out_dir)
     manifest, parts = scan_build(out_dir, quick)
     preview_bytes, preview = render_preview(parts)
@@ -65,7 +72,8 @@ def write_card(out_dir: str, *, figures: bool = True, repo_id: str = DEFAULT_REP
 
 def main(argv: list[str] | None = None, prog: str = "python -m ncagen.card") -> int:
     """CLI entry point; returns the exit status."""
-    from ..cli import Parser
+    from ..cli import Parser, one_line
+    from ..storage import StorageError, describe_error, redact
 
     p = Parser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("dir", metavar="DIR", help="build directory (holds ncagen.json)")
@@ -79,8 +87,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m ncagen.card") -> 
     try:
         path = write_card(args.dir, figures=not args.no_figures, repo_id=args.repo,
                           quick=args.quick)
-    except (ValueError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    except ValueError as e:
+        print(f"error: {redact(one_line(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # StorageError names the file; a bare OSError is named here
+        message = one_line(e) if isinstance(e, StorageError) else describe_error(e, args.dir)
+        print(f"error: {redact(message)}", file=sys.stderr)
+        return 1
     print(path)
     return 0

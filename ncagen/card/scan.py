@@ -9,12 +9,14 @@ wrote and reads only the small columns and one row group of each size.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
-from ..config import Band, Mix, NCAConfig, config_name
+from ..config import Band, ConfigError, Mix, NCAConfig, config_name
 
 SPLITS = ("train", "validation")
 SAMPLE_ROWS = 3  # trajectories shown in a config's sample strip
@@ -27,6 +29,10 @@ COUNT_CHUNK = 1 << 18  # token ids counted at a time
 
 class CardError(ValueError):
     """The build directory cannot be described: missing, incomplete or inconsistent."""
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+          (int, float): "a number"}
 
 
 @dataclass
@@ -84,17 +90,92 @@ def load_manifest(out_dir: str) -> dict:
     from pyarrow import fs
 
     from ..shards import MANIFEST, read_manifest
-    from ..storage import filesystem
+    from ..storage import filesystem, redact
 
+    name = redact(out_dir)
     fsys, base = filesystem(out_dir)
     if fsys.get_file_info(base).type != fs.FileType.Directory:
-        raise CardError(f"{out_dir} is not a directory")
+        raise CardError(f"{name} is not a directory")
     manifest = read_manifest(out_dir)
     if manifest is None:
-        raise CardError(f"{out_dir} holds no ncagen build ({MANIFEST} is missing)")
+        raise CardError(f"{name} holds no ncagen build ({MANIFEST} is missing)")
+    where = f"{name.rstrip('/')}/{MANIFEST}"
+    if not isinstance(manifest, dict):
+        raise CardError(f"{where} must hold a JSON object, not {_json_kind(manifest)}")
     if not manifest.get("complete") or not manifest.get("partitions"):
-        raise CardError(f"the build in {out_dir} is not complete; rerun its build command first")
+        raise CardError(f"the build in {name} is not complete; rerun its build command first")
+    check_manifest(manifest, where)
     return manifest
+
+
+def check_manifest(manifest: dict, where: str) -> None:
+    """Raise CardError naming the first field the card needs that the manifest `where` lacks
+    or holds in another shape."""
+    config = _field(manifest, "config", dict, where)
+    nca = _field(config, "nca", dict, where, "config")
+    for key in ("bands", "mixes", "partitions"):
+        if key in config:
+            for k, item in enumerate(_field(config, key, list, where, "config")):
+                _typed(item, str, where, f"config.{key}[{k}]")
+    for rel, record in _field(manifest, "shards", dict, where).items():
+        _field(_typed(record, dict, where, f"shards[{rel!r}]"), "rows", int, where,
+               f"shards[{rel!r}]")
+        if "seconds" in record:
+            _field(record, "seconds", (int, float), where, f"shards[{rel!r}]")
+    for key, kind in (("machine", dict), ("build_seconds", (int, float))):
+        if manifest.get(key) is not None:
+            _field(manifest, key, kind, where)
+    for name, p in _field(manifest, "partitions", dict, where).items():
+        label = f"partitions[{name!r}]"
+        _typed(p, dict, where, label)
+        for key, kind in (("states", int), ("lo", (int, float)), ("hi", (int, float)),
+                          ("candidates", int), ("accepted", int)):
+            _field(p, key, kind, where, label)
+        for split, st in _field(p, "splits", dict, where, label).items():
+            for key in ("rows", "tokens", "shards"):
+                _field(_typed(st, dict, where, f"{label}.splits.{split}"), key, int, where,
+                       f"{label}.splits.{split}")
+        try:
+            NCAConfig(**nca, states=p["states"])
+            if "mix" in p:
+                band = Mix.parse(_field(p, "band", str, where, label))
+            else:
+                Band(float(p["lo"]), float(p["hi"]))
+        except (TypeError, ConfigError) as e:  # TypeError: a parameter this version lacks
+            raise CardError(f"{where} is malformed: {label}: {e}") from None
+        if "mix" in p:
+            mix = _field(p, "mix", list, where, label)
+            if len(mix) != len(band.bands):
+                raise CardError(f"{where} is malformed: {label}.mix must have one entry per "
+                                f"band of {p['band']}")
+            for k, entry in enumerate(mix):
+                _field(_typed(entry, dict, where, f"{label}.mix[{k}]"), "rows", int, where,
+                       f"{label}.mix[{k}]")
+
+
+def _field(obj: dict, key: str, kind, where: str, label: str = ""):
+    """obj[key] if it is of `kind`, else CardError naming the field (`label`.`key`)."""
+    path = f"{label}.{key}" if label else key
+    if key not in obj:
+        raise CardError(f"{where} is malformed: it has no {path}")
+    return _typed(obj[key], kind, where, path)
+
+
+def _typed(value, kind, where: str, path: str):
+    """`value` if it is of `kind` (a bool is no number here), else CardError naming `path`."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise CardError(f"{where} is malformed: {path} must be {_KINDS[kind]}, "
+                        f"not {_json_kind(value)}")
+    return value
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, for messages: 'a list', 'null', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return next((name for kind, name in _KINDS.items() if isinstance(value, kind)), "a number")
 
 
 def partition_config(manifest: dict, states: int) -> NCAConfig:
@@ -130,11 +211,13 @@ def scan_partition(out_dir: str, name: str, band: Band | Mix, nca: NCAConfig, fi
     import json
 
     import pyarrow.parquet as pq
+    from pyarrow import fs
 
     from ..shards import STATS_KEY, schema, unpack_counts
-    from ..storage import filesystem
+    from ..storage import filesystem, redact
 
     fsys, base = filesystem(out_dir)
+    local = isinstance(fsys, fs.LocalFileSystem)
     expected = schema(nca)
     splits, ratios, head = {}, [], []
     counts = np.zeros(nca.vocab_size, np.int64)
@@ -178,7 +261,8 @@ def scan_partition(out_dir: str, name: str, band: Band | Mix, nca: NCAConfig, fi
     for split, paths in files.items():
         st = splits[split] = SplitStats(files=list(paths))
         for rel in paths:
-            with fsys.open_input_file(posixpath.join(base, rel)) as f:
+            where = f"{redact(out_dir).rstrip('/')}/{rel}"
+            with _reading(rel, where, local), fsys.open_input_file(posixpath.join(base, rel)) as f:
                 pf = pq.ParquetFile(f)
                 st.download_bytes += f.size()
                 if not pf.schema_arrow.equals(expected):
@@ -218,6 +302,27 @@ def scan_partition(out_dir: str, name: str, band: Band | Mix, nca: NCAConfig, fi
     return PartitionStats(name, band, nca, splits, all_ratios, counts, head, candidates,
                           accepted, np.concatenate(parts) if mixed and parts else
                           (np.zeros(0, np.int8) if mixed else None))
+
+
+@contextlib.contextmanager
+def _reading(rel: str, where: str, local: bool) -> Iterator[None]:
+    """Name the file in the errors of reading it: one that is not Parquet (torn, say) is a
+    CardError, a failure of its storage a StorageError."""
+    import json
+
+    import pyarrow as pa
+
+    from ..storage import StorageError, describe_error
+
+    try:
+        yield
+    except (pa.ArrowInvalid, json.JSONDecodeError, OSError) as e:
+        # pyarrow's decode errors (a torn footer: "Couldn't deserialize thrift") are OSErrors
+        # without an errno; a local disk's failures carry one, an object store's are its own
+        if isinstance(e, OSError) and not (local and e.errno is None):
+            raise StorageError(describe_error(e, where)) from e
+        raise CardError(f"{rel} is not a readable Parquet file ({' '.join(str(e).split())}); "
+                        "rerun its build command") from None
 
 
 def _numpy(arr, dtype, rel: str, column: str) -> np.ndarray:
