@@ -78,11 +78,13 @@ def manifest_damage(manifest) -> str | None:
 
     if not isinstance(manifest, dict):
         return f"{MANIFEST} is not a JSON object"
-    for key in ("config", "shards"):
+    for key in ("config", "shards", "generator"):
         if not isinstance(manifest.get(key, {}), dict):
             return f"{MANIFEST}'s {key!r} is not a JSON object"
-    if not all(isinstance(r, dict) for r in manifest.get("shards", {}).values()):
-        return f"{MANIFEST}'s 'shards' holds a record that is not a JSON object"
+    for path, record in manifest.get("shards", {}).items():  # what resume reads of a record
+        if not (isinstance(record, dict) and record.get("path") == path
+                and isinstance(record.get("rows"), int)):
+            return f"{MANIFEST}'s record of shard {str(path)[:80]} is damaged"
     return None
 
 

@@ -28,7 +28,7 @@ def hms(seconds: float) -> str:
 
 def interval_from_env() -> float | None:
     """NCAGEN_PROGRESS_SECONDS, the seconds between two progress lines (None when unset);
-    ValueError naming it when it is not a number > 0."""
+    ValueError naming it when it is not a number >= 0."""
     text = os.environ.get("NCAGEN_PROGRESS_SECONDS", "").strip()
     if not text:
         return None
@@ -36,8 +36,8 @@ def interval_from_env() -> float | None:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"NCAGEN_PROGRESS_SECONDS must be a number of seconds > 0, got {text!r}")
+    if not (value >= 0 and math.isfinite(value)):  # 0: a line on every update
+        raise ValueError(f"NCAGEN_PROGRESS_SECONDS must be a number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -49,7 +49,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         if every is None:  # NCAGEN_PROGRESS_SECONDS overrides the default interval
-            every = interval_from_env() or (0.5 if self.live else 3.0)
+            every = interval_from_env()
+            every = (0.5 if self.live else 3.0) if every is None else every
         self.every = every
         self.total_rows, self.total_shards, self.seq_len = total_rows, total_shards, seq_len
         self.done_rows = self.new_rows = self.shards = 0

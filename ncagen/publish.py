@@ -461,8 +461,8 @@ def publish(
         where = redact(endpoint or constants.ENDPOINT)
         if "Timeout" in type(err).__name__:  # ConnectTimeout, ReadTimeout, ...
             raise PublishFailed(
-                f"the Hub at {where} did not answer in time ({type(err).__name__}; the first "
-                f"request waits {timeout:g} s, NCAGEN_HUB_TIMEOUT sets that): check HF_ENDPOINT "
+                f"the Hub at {where} did not answer in time ({type(err).__name__}; its first "
+                f"request may take {timeout:g} s, NCAGEN_HUB_TIMEOUT sets that): check HF_ENDPOINT "
                 f"and the network, then {RESUME}"
             ) from err
         raise PublishFailed(
@@ -711,8 +711,8 @@ def _check_write_access(whoami: dict) -> None:
 
 
 def _http_error(err: HfHubHTTPError) -> PublishError:
-    """One line for a Hub HTTP error: rejected credentials are a refusal, anything else the
-    Hub failing (PublishFailed)."""
+    """One line for a Hub HTTP error: rejected credentials and other 4xx answers are a refusal,
+    5xx, 408 and 429 the Hub failing (PublishFailed)."""
     status = err.response.status_code if err.response is not None else None
     if status in (401, 403):
         return PublishError(
@@ -722,6 +722,9 @@ def _http_error(err: HfHubHTTPError) -> PublishError:
     first_line = next(
         (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
     )
+    if status is not None and 400 <= status < 500 and status not in (408, 429):
+        # the Hub refused what was asked (a bad name, a conflict): rerunning cannot help
+        return PublishError(f"the Hub refused the request (HTTP {status}): {redact(first_line)}")
     return PublishFailed(f"Hub request failed (HTTP {status}): {redact(first_line)}; {RESUME}")
 
 

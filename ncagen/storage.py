@@ -43,14 +43,17 @@ class StorageRefused(ValueError):
     anything is written."""
 
 
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+# user:password@ up to the last @ of the URL (a secret may hold / or @), or user@ alone
+_USER_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]*:\S*@")
+_USER = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
 GCS_RETRY_SECONDS = 30  # how long gs:// retries an unreachable service before it fails
 
 
 def redact(text: str) -> str:
     """`text` with the user:password part of every URL in it replaced by ***: credentials in
-    an --out URL (s3://KEY:SECRET@bucket/...) are never printed or recorded."""
-    return _USERINFO.sub(r"\1***@", text)
+    an --out URL (s3://KEY:SECRET@bucket/...) are never printed or recorded. Where it cannot
+    tell a secret from a port and path (http://host:9/a@b) it hides both."""
+    return _USER.sub(r"\1***@", _USER_PASSWORD.sub(r"\1***@", text))
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,9 @@ def filesystem(root: str):
     if "://" not in root or root.startswith("file://"):
         path = root[len("file://"):] if root.startswith("file://") else root
         return fs.LocalFileSystem(), os.path.abspath(path)
-    if scheme(root) in ("gs", "gcs"):  # pyarrow's own default retries an unreachable service for 15 min
-        from datetime import timedelta
-
-        return (fs.GcsFileSystem(retry_time_limit=timedelta(seconds=GCS_RETRY_SECONDS)),
-                root.split("://", 1)[1].rstrip("/"))
+    if scheme(root) in ("gs", "gcs") and "retry_limit_seconds=" not in root:
+        # pyarrow's default retries an unreachable service for 15 minutes
+        root += ("&" if "?" in root else "?") + f"retry_limit_seconds={GCS_RETRY_SECONDS}"
     try:
         return fs.FileSystem.from_uri(root)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -127,14 +128,15 @@ def describe_error(err: BaseException, where: str) -> str:
 
 
 _BUGS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError,
-         NotImplementedError, RecursionError)  # ours, not the storage's: they keep their traceback
+         NotImplementedError, RecursionError, MemoryError, ArithmeticError)  # keep their traceback
 
 
 @contextlib.contextmanager
-def storage_errors(where: str) -> Iterator[None]:
-    """Turn OSErrors (pyarrow's included) raised inside into StorageError naming `where`, and
-    the failures of other filesystems' clients (fsspec's: an HTTP client's connection error is
-    not an OSError) as well."""
+def storage_errors(where: str, clients: bool = True) -> Iterator[None]:
+    """Turn OSErrors (pyarrow's included) raised inside into StorageError naming `where`; with
+    `clients`, the failures of other filesystems' clients too (fsspec's: an HTTP client's
+    connection error is not an OSError). Only around storage calls: a caller's own errors
+    (a shard's generation inside an atomic write) must keep their type."""
     try:
         yield
     except (StorageError, StorageRefused):
@@ -146,6 +148,8 @@ def storage_errors(where: str) -> Iterator[None]:
     except _BUGS:
         raise
     except Exception as err:  # noqa: BLE001
+        if not clients:
+            raise
         raise StorageError(describe_error(err, where)) from err
 
 
@@ -272,7 +276,7 @@ class Storage:
         bytes wait in the local spool until `sink.publish()` uploads them (and returns the
         record), so a caller can go on with other work meanwhile; locally it changes nothing.
         """
-        with storage_errors(self.url(rel)):
+        with storage_errors(self.url(rel), clients=False):  # the block is the caller's code
             if self.local:
                 with self._local_write(rel) as sink:
                     yield sink

@@ -90,7 +90,9 @@ def test_unreadable_recipes(tmp_path, capsys):
 def test_a_damaged_manifest_is_refused_and_overwrite_replaces_it(tmp_path, capsys):
     for body, words in (("[]", "is not a JSON object"),
                         ('{"config": {}, "shards": [1]}', "'shards' is not a JSON object"),
-                        ('{"config": {}, "shards": {"a": 1}}', "not a JSON object"),
+                        ('{"config": {}, "shards": {"a": 1}}', "record of shard a is damaged"),
+                        ('{"config": {}, "shards": {"a": {"rows": 1}}}', "record of shard a"),
+                        ('{"config": {}, "generator": "x"}', "'generator' is not a JSON object"),
                         ("{x", "ncagen.json is not a readable JSON file")):
         out = tmp_path / "d"
         out.mkdir(exist_ok=True)
@@ -106,6 +108,33 @@ def test_a_damaged_manifest_is_refused_and_overwrite_replaces_it(tmp_path, capsy
 def test_redact_hides_the_credentials_of_every_url():
     text = "at s3://AKIA:Secret@bkt/y and http://u:p@127.0.0.1:9/x; s3://bkt/z mail a@b.c"
     assert redact(text) == "at s3://***@bkt/y and http://***@127.0.0.1:9/x; s3://bkt/z mail a@b.c"
+    # secrets holding / or @ (AWS secret keys often hold /), a key alone, an @ in a path
+    assert redact("s3://AKIA:wJal/rXU@bkt/x") == "s3://***@bkt/x"
+    assert redact("s3://u:p@ss@bkt/x") == "s3://***@bkt/x"
+    assert redact("s3://KEY@bkt/x s3://bkt/a@b") == "s3://***@bkt/x s3://bkt/a@b"
+
+
+def test_an_error_of_a_shards_generation_keeps_its_type(tmp_path):
+    """Only the storage's own failures become StorageError: what the caller's block raises
+    inside an atomic write (a shard's generation) comes out unchanged."""
+    from ncagen.generate import BandUnreachable
+    from ncagen.storage import Storage
+
+    store = Storage(str(tmp_path))
+    for err in (BandUnreachable("no rule"), ZeroDivisionError("x"), RuntimeError("y"),
+                MemoryError()):
+        with pytest.raises(type(err)):
+            with store.atomic_write("a.bin") as sink:
+                sink.write(b"half")
+                raise err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_gs_urls_keep_their_options_and_get_a_retry_limit():
+    from ncagen.storage import filesystem
+
+    fsys, path = filesystem("gs://bucket/p?endpoint_override=localhost:4443&scheme=http")
+    assert path == "bucket/p" and type(fsys).__name__ == "GcsFileSystem"
 
 
 def test_credentials_in_the_output_url_are_never_printed(tmp_path):

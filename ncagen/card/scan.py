@@ -319,7 +319,9 @@ def _reading(rel: str, where: str, local: bool) -> Iterator[None]:
     except (pa.ArrowInvalid, json.JSONDecodeError, OSError) as e:
         # pyarrow's decode errors (a torn footer: "Couldn't deserialize thrift") are OSErrors
         # without an errno; a local disk's failures carry one, an object store's are its own
-        if isinstance(e, OSError) and not (local and e.errno is None):
+        decode = e.errno is None and ("thrift" in str(e) or "Parquet" in str(e)) \
+            if isinstance(e, OSError) else True
+        if isinstance(e, OSError) and not decode and not (local and e.errno is None):
             raise StorageError(describe_error(e, where)) from e
         raise CardError(f"{rel} is not a readable Parquet file ({' '.join(str(e).split())}); "
                         "rerun its build command") from None
