@@ -45,6 +45,22 @@ def parse_amount(text: str, minimum: int = 1, flag: str = "") -> int:
     return int(value)
 
 
+def seconds_from_env(name: str, default: float | None, zero_ok: bool = False) -> float | None:
+    """Seconds from the environment variable `name` (`default` when it is unset or empty);
+    ValueError naming it when it is not a finite number > 0 (>= 0 with `zero_ok`)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+        what = "a number of seconds >= 0" if zero_ok else "a positive number of seconds"
+        raise ValueError(f"{name} must be {what}, got {text!r}")
+    return value
+
+
 def build_parser(prog: str = "python -m ncagen.build") -> argparse.ArgumentParser:
     from .generate import DEFAULT_BATCH
     from .worker import GPU_BATCH

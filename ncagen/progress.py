@@ -8,8 +8,6 @@ lines are printed every few seconds (NCAGEN_PROGRESS_SECONDS sets the interval).
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 import threading
 import time
@@ -27,18 +25,11 @@ def hms(seconds: float) -> str:
 
 
 def interval_from_env() -> float | None:
-    """NCAGEN_PROGRESS_SECONDS, the seconds between two progress lines (None when unset);
-    ValueError naming it when it is not a number >= 0."""
-    text = os.environ.get("NCAGEN_PROGRESS_SECONDS", "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value >= 0 and math.isfinite(value)):  # 0: a line on every update
-        raise ValueError(f"NCAGEN_PROGRESS_SECONDS must be a number of seconds >= 0, got {text!r}")
-    return value
+    """NCAGEN_PROGRESS_SECONDS, the seconds between two progress lines (None when unset; 0: a
+    line on every update); ValueError naming it when it is not a number >= 0."""
+    from .cli import seconds_from_env
+
+    return seconds_from_env("NCAGEN_PROGRESS_SECONDS", None, zero_ok=True)
 
 
 class Progress:

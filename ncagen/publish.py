@@ -475,16 +475,9 @@ def publish(
 
 def hub_timeout() -> float:
     """Seconds the first Hub request may take: NCAGEN_HUB_TIMEOUT, else HUB_TIMEOUT."""
-    text = os.environ.get("NCAGEN_HUB_TIMEOUT", "").strip()
-    if not text:
-        return HUB_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"NCAGEN_HUB_TIMEOUT must be a positive number of seconds, got {text!r}")
-    return seconds
+    from .cli import seconds_from_env
+
+    return seconds_from_env("NCAGEN_HUB_TIMEOUT", HUB_TIMEOUT)
 
 
 def _publish(

@@ -91,9 +91,7 @@ def filesystem(root: str):
 
         try:
             fsys, path = fsspec.core.url_to_fs(root)
-        except ImportError as err:  # fsspec names the package the scheme needs
-            raise StorageRefused(f"{redact(root)}: {' '.join(str(err).split())}") from None
-        except ValueError as err:  # an unknown protocol
+        except (ImportError, ValueError) as err:  # the package a scheme needs; an unknown one
             raise StorageRefused(f"{redact(root)}: {' '.join(str(err).split())}") from None
         return fs.PyFileSystem(fs.FSSpecHandler(fsys)), path.rstrip("/")
 
