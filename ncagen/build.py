@@ -27,15 +27,23 @@ FORMAT = 2  # manifest format: 2 adds the generator fingerprint and each shard's
 
 
 # checks (read only) --------------------------------------------------------------------------
+HUB_SCHEMES = ("hf",)  # huggingface_hub's filesystem: publish is the way there
+
+
 def check_output(store, cfg: BuildConfig) -> dict | None:
     """The manifest to resume from (None: a fresh build); ConfigError when the directory holds
     something this build must not touch. Reads only."""
     from .fingerprint import describe
     from .lock import LOCK
     from .shards import MANIFEST
+    from .storage import scheme
 
     if store.local:
         check_local_path(store.url())
+    elif scheme(store.url()) in HUB_SCHEMES:
+        raise ConfigError(f"output {store.url()}: a build is not written to the Hub directly; "
+                          "build into a local directory or an object store, then "
+                          "`python -m ncagen.publish DIR --repo ORG/NAME` uploads it")
     kind = store.kind()
     if kind == "file":
         raise ConfigError(f"output {store.url()} is a file, not a directory")

@@ -21,7 +21,11 @@ Every data shard is checked against its manifest record before the Hub is contac
 shard is hashed (once: the upload reuses that SHA-256), a shard in an object store is matched
 by size and modification time (one listing, as a resumed build does) and hashed while it is
 staged, before its bytes are sent. The first Hub request (whoami) gives up after
-NCAGEN_HUB_TIMEOUT seconds (default 30), so a Hub that never answers fails in one line.
+NCAGEN_HUB_TIMEOUT seconds (default 30), so a Hub that never answers fails in one line; every
+later request gives up when connecting takes that long or when the Hub sends or takes no byte
+for STALL_FACTOR times as long (the Hub may take a while to answer a large commit), so a Hub
+that stalls mid-way fails too instead of hanging publish (huggingface_hub's own client waits
+for ever).
 
 Exit status (as for the build): 0 done; 2 refused before anything was uploaded (bad input, a
 build that does not match its manifest, a missing or rejected token, a tag in the way); 1 the
@@ -41,6 +45,7 @@ Authorization header.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import json
@@ -78,6 +83,7 @@ TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 BRANCH_FORBIDDEN = frozenset(" ~^:?*[\\") | {chr(c) for c in (*range(32), 127)}  # as git's
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 HUB_TIMEOUT = 30.0  # seconds the first Hub request may take; NCAGEN_HUB_TIMEOUT overrides
+STALL_FACTOR = 10  # a later request may go this many times HUB_TIMEOUT without a byte
 RESUME = "rerun the same command to resume"
 REBUILD = "rerun its build command to finish it"
 _HASH_BLOCK = 1 << 20
@@ -452,9 +458,10 @@ def publish(
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return _publish(
-            build, repo_id, branch, tag, private, token, endpoint, files_per_batch, timeout
-        )
+        with _request_timeouts(timeout):
+            return _publish(
+                build, repo_id, branch, tag, private, token, endpoint, files_per_batch, timeout
+            )
     except HfHubHTTPError as err:
         raise _http_error(err) from err
     except _network_errors() as err:
@@ -462,8 +469,9 @@ def publish(
         if "Timeout" in type(err).__name__:  # ConnectTimeout, ReadTimeout, ...
             raise PublishFailed(
                 f"the Hub at {where} did not answer in time ({type(err).__name__}; its first "
-                f"request may take {timeout:g} s, NCAGEN_HUB_TIMEOUT sets that): check HF_ENDPOINT "
-                f"and the network, then {RESUME}"
+                f"request may take {timeout:g} s, a later one {timeout * STALL_FACTOR:g} s without "
+                f"a byte, NCAGEN_HUB_TIMEOUT sets that): check HF_ENDPOINT and the network, then "
+                f"{RESUME}"
             ) from err
         raise PublishFailed(
             f"could not reach the Hub at {where}: {type(err).__name__}: {_one_line(err)}; "
@@ -674,6 +682,22 @@ def _network_errors() -> tuple[type[Exception], ...]:
         except (ImportError, AttributeError):
             continue
     return tuple(kinds)
+
+
+@contextlib.contextmanager
+def _request_timeouts(timeout: float) -> Iterator[None]:
+    """While publishing, the requests of huggingface_hub's shared client (which waits for ever
+    by default) give up after `timeout` seconds to connect and STALL_FACTOR times that without
+    a byte sent or received; the client's own setting comes back afterwards."""
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    before = session.timeout
+    session.timeout = type(before)(timeout * STALL_FACTOR, connect=timeout)
+    try:
+        yield
+    finally:
+        session.timeout = before
 
 
 def _whoami(api: HfApi, token: str, timeout: float) -> dict:

@@ -50,10 +50,14 @@ def load_recipe(path: str) -> dict:
         raise ConfigError(f"recipe {path}: not JSON (not UTF-8 text)") from None
     except RecursionError:
         raise ConfigError(f"recipe {path}: not a recipe (nested too deep to read)") from None
+    from .plan import BuildConfig
+
     try:
-        return recipe_config(raw)
+        config = recipe_config(raw)
+        BuildConfig(**config, out=".", executor="local")  # the content's checks, named here
     except ConfigError as e:
         raise ConfigError(f"recipe {path}: {e}") from None
+    return config
 
 
 def recipe_config(raw) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -81,11 +82,15 @@ def filesystem(root: str):
     if "://" not in root or root.startswith("file://"):
         path = root[len("file://"):] if root.startswith("file://") else root
         return fs.LocalFileSystem(), os.path.abspath(path)
+    check_bucket(root)
     if scheme(root) in ("gs", "gcs") and "retry_limit_seconds=" not in root:
         # pyarrow's default retries an unreachable service for 15 minutes
         root += ("&" if "?" in root else "?") + f"retry_limit_seconds={GCS_RETRY_SECONDS}"
     try:
-        return fs.FileSystem.from_uri(root)
+        fsys, path = fs.FileSystem.from_uri(root)
+        if isinstance(fsys, fs.PyFileSystem) and isinstance(fsys.handler, fs.FSSpecHandler):
+            fsys = fs.PyFileSystem(_handler_class()(fsys.handler.fs))  # pyarrow took fsspec's
+        return fsys, path
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         import fsspec
 
@@ -93,7 +98,54 @@ def filesystem(root: str):
             fsys, path = fsspec.core.url_to_fs(root)
         except (ImportError, ValueError) as err:  # the package a scheme needs; an unknown one
             raise StorageRefused(f"{redact(root)}: {' '.join(str(err).split())}") from None
-        return fs.PyFileSystem(fs.FSSpecHandler(fsys)), path.rstrip("/")
+        return fs.PyFileSystem(_handler_class()(fsys)), path.rstrip("/")
+
+
+BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # object stores whose URL starts with a bucket
+
+
+def bucket(root: str) -> str:
+    """The bucket an object-store URL names ('' if none), credentials left out."""
+    bare = redact(root).split("://", 1)[1].removeprefix("***@")
+    return bare.split("/", 1)[0].split("?", 1)[0]
+
+
+def check_bucket(root: str) -> None:
+    """StorageRefused for an object-store URL that names no bucket (s3:// or s3:///x): its
+    client would fail at the first write, or ask for a package it does not need."""
+    if scheme(root) in BUCKET_SCHEMES and not bucket(root):
+        raise StorageRefused(f"{redact(root)} names no bucket: give {scheme(root)}://BUCKET/PREFIX")
+
+
+_HANDLER = None
+
+
+def _handler_class():
+    """pyarrow's handler of an fsspec filesystem, whose calls raise OSError for its client's
+    own failures too (an HTTP client's connection error is not an OSError): then every caller's
+    one-line handling of storage errors, the card's and publish's included, sees them."""
+    global _HANDLER
+    if _HANDLER is None:
+        from pyarrow import fs
+
+        def guarded(method):
+            @functools.wraps(method)
+            def call(self, *args, **kwargs):
+                try:
+                    return method(self, *args, **kwargs)
+                except (OSError, *_BUGS):
+                    raise
+                except Exception as err:  # noqa: BLE001 - any client's failure
+                    raise OSError(f"{type(err).__name__}: {' '.join(str(err).split())}") from err
+            return call
+
+        names = ("get_file_info", "get_file_info_selector", "create_dir", "delete_dir",
+                 "delete_dir_contents", "delete_root_dir_contents", "delete_file", "move",
+                 "copy_file", "open_input_stream", "open_input_file", "open_output_stream",
+                 "open_append_stream")
+        _HANDLER = type("ClientErrorsAsOSError", (fs.FSSpecHandler,),
+                        {n: guarded(getattr(fs.FSSpecHandler, n)) for n in names})
+    return _HANDLER
 
 
 def is_url(root: str) -> bool:

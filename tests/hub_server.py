@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import secrets
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,6 +164,8 @@ class HubServer:
         self.requests: list[RecordedRequest] = []
         self.lfs_puts: list[str] = []  # oids received through the storage PUT, in order
         self.fail_commits = 0  # answer this many coming commit requests with a 500
+        self.stall_commits = 0.0  # hold each commit request this many seconds before answering
+        self._unstall = threading.Event()  # set by stop(): a held request is let go
         self._tickets: dict[str, tuple[tuple[str, str], str, int]] = {}
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -173,7 +176,7 @@ class HubServer:
     def start(self) -> HubServer:
         """Bind a free port on 127.0.0.1 and serve in a background thread."""
         handler = type("BoundHandler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="hub-server", daemon=True
@@ -183,6 +186,7 @@ class HubServer:
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
+        self._unstall.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -240,6 +244,8 @@ class HubServer:
             if (m := _LFS_STORAGE.match(path)) and method == "PUT":
                 return self._lfs_store(m["ticket"], body)
             self._check_auth(headers)
+            if self.stall_commits and method == "POST" and "/commit/" in path:
+                self._unstall.wait(self.stall_commits)  # a Hub that takes a request, then sleeps
             with self._lock:
                 return self._route(method, path, query, body, headers)
         except HubError as err:
@@ -572,6 +578,14 @@ class HubServer:
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(size)
         return status, headers, b"" if head else content
+
+
+class _Server(ThreadingHTTPServer):
+    """A client that gave up on a held request closes its socket: not worth a traceback."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -51,6 +51,11 @@ def test_bad_outputs(tmp_path, capsys):
         ("/dev/null", "exists and is not a directory"),
         (str(tmp_path / ("x" * 300)), "longer than the"),
         ("az://container/x", "adlfs"),  # a scheme whose fsspec package is not installed
+        ("s3://", "s3:// names no bucket: give s3://BUCKET/PREFIX"),  # it failed at a write
+        ("s3:///x", "names no bucket"),  # it asked for s3fs
+        ("gs://", "gs:// names no bucket"),  # it retried for 30 s
+        ("s3://KEY:Secret@/x", "s3://***@/x names no bucket"),
+        ("hf://datasets/org/x", "python -m ncagen.publish DIR"),  # it failed on the network
     ]
     for out, words in cases:
         assert build_main([*SMALL, "--executor", "local", "--out", out]) == 2, out

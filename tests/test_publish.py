@@ -575,6 +575,35 @@ def test_hub_that_never_answers_times_out_in_one_line(hub, build, capsys, monkey
     assert f"the Hub at {endpoint} did not answer in time" in err and "0.5 s" in err
 
 
+def test_hub_that_stalls_mid_way_times_out_in_one_line(hub, build, capsys, monkeypatch):
+    # the stand-in Hub answers whoami, the listings and the uploads, then holds the commit
+    # request and says nothing, as a Hub that stalls would; huggingface_hub's own client would
+    # wait for ever
+    from huggingface_hub.utils import get_session
+
+    monkeypatch.setenv("NCAGEN_HUB_TIMEOUT", "0.5")  # a later request: 10 x 0.5 s without a byte
+    hub.stall_commits = 60.0
+    before = get_session().timeout
+    status = []
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: status.append(main([str(build), "--repo", REPO])),
+                              daemon=True)
+    worker.start()
+    worker.join(40)
+    assert not worker.is_alive(), "publish still waits for the stalled commit"
+    assert status == [1] and time.monotonic() - started < 30
+    assert hub.requests_to("POST", "/commit/"), "the stall was not at the commit"
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "did not answer in time (ReadTimeout" in err and "5 s without a byte" in err
+    assert "rerun the same command to resume" in err
+    assert get_session().timeout == before  # the client's own setting is back
+
+    hub.stall_commits = 0.0
+    assert main([str(build), "--repo", REPO]) == 0  # and a rerun finishes it
+    assert hub.commit_count(REPO) == 2  # the repository's initial commit and the rerun's
+
+
 def test_hub_failing_mid_way_is_status_1(hub, build, capsys):
     hub.fail_commits = 1
 
@@ -584,6 +613,28 @@ def test_hub_failing_mid_way_is_status_1(hub, build, capsys):
     assert len(err.splitlines()) == 1 and "Hub request failed (HTTP 500)" in err
     assert "rerun the same command to resume" in err
     assert main([str(build), "--repo", REPO]) == 0  # and a rerun finishes it
+
+
+def test_an_fsspec_clients_own_errors_are_one_line(capsys, monkeypatch):
+    # hf:// through huggingface_hub's fsspec filesystem, pointed at a closed port on 127.0.0.1:
+    # its HTTP client raises a ConnectError, which is not an OSError
+    from huggingface_hub import HfFileSystem, constants
+
+    from ncagen.card import main as card
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    HfFileSystem.clear_instance_cache()  # an instance made for another endpoint is not reused
+    try:
+        for command in (lambda: main(["hf://datasets/org/x", "--repo", REPO, "--dry-run"]),
+                        lambda: card(["hf://datasets/org/x"])):
+            assert command() == 1
+            out, err = capsys.readouterr()
+            assert out == "" and len(err.splitlines()) == 1 and "Traceback" not in err, err
+            assert "hf://datasets/org/x" in err and "ConnectError" in err
+    finally:
+        HfFileSystem.clear_instance_cache()
 
 
 def test_object_store_credentials_are_never_printed(tmp_path, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -189,6 +190,18 @@ def test_recipe_cli_refusals(tmp_path):
     res = _run("--recipe", str(tmp_path / "none.json"), "--out", str(out))
     assert res.returncode == 2 and "cannot read it" in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": -1}, "seed must be in 0 "),  # checked by BuildConfig, not by the recipe's reader
+    ({"val_fraction": 1.5, "val_rows": None}, "val-fraction must be in"),
+    ({"nca": {"temperature": -1.0}}, "temperature must be > 0"),
+])
+def test_a_recipes_values_are_refused_with_its_path(tmp_path, change, message):
+    raw = {k: v for k, v in {**TINY, **change}.items() if v is not None}  # None: key left out
+    path = _recipe(tmp_path, raw)
+    with pytest.raises(ConfigError, match=f"^recipe {re.escape(path)}: {message}"):
+        load_recipe(path)
 
 
 def _digests(root):

@@ -182,3 +182,28 @@ def test_publish_a_build_on_s3(s3, hub, token, monkeypatch):
     assert report.commit is not None
     for rel in shards:
         assert files[rel] == s3_bytes(s3, f"{url}/{rel}")
+
+
+def test_credentials_in_the_url_stay_out_of_output_and_files(s3, monkeypatch, capsys):
+    """A build and its card on s3://KEY:SECRET@bucket/...: neither command prints the key or
+    the secret, and no file the build or the card writes holds them (moto accepts any key)."""
+    from ncagen.build import main as build
+    from ncagen.card import main as card
+
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    plain = s3.make_bucket("nca-redact") + "/ds"
+    url = plain.replace("s3://", "s3://AKIDURLKEY:UrlSecret789@", 1)
+    assert build(["--rows", "200", "--shard-rows", "100", "--seq-len", "380",
+                  "--executor", "local", "--out", url]) == 0
+    assert card([url, "--no-figures"]) == 0
+    out, err = capsys.readouterr()
+    redacted = plain.replace("s3://", "s3://***@", 1)
+    assert out.splitlines()[-1] == f"{redacted}/README.md"  # the card says where it wrote
+    files = s3_files(s3, plain)
+    assert {"README.md", "ncagen.json"} <= set(files) and any(p.endswith(".parquet") for p in files)
+    for secret in ("UrlSecret789", "AKIDURLKEY"):
+        assert secret not in out and secret not in err
+        for rel in files:
+            assert secret.encode() not in s3_bytes(s3, f"{plain}/{rel}"), rel
+    assert redacted in json.loads(s3_bytes(s3, f"{plain}/ncagen.json"))["command"]
