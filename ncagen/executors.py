@@ -8,6 +8,7 @@ the shards it is given, calling `on_running(task, rows_so_far)` as rows are made
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -153,7 +154,8 @@ class RayExecutor:
         else:
             check_reachable(init["address"])
         if not ray.is_initialized():
-            ray.init(**init)
+            with _quiet_token_notice(private):
+                ray.init(**init)
             self.started = True
         self.view = cluster_view(ray.nodes(), None if private else _max_resources())
         self.check_storage()
@@ -275,6 +277,29 @@ def _private_token() -> None:
     if (pathlib.Path.home() / ".ray" / "auth_token").exists():
         return
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"  # Ray's own words
+
+
+@contextlib.contextmanager
+def _quiet_token_notice(private: bool):
+    """For a private Ray (with `_private_token`'s token), leave out Ray's notice that token
+    authentication is on: it is the safe default, the cluster lives only as long as the build,
+    and the line came before every build's output and error. Ray's warning that a cluster has
+    no token authentication, and everything else it logs, still shows."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TOKEN_NOTICE)
+
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if private:
+        log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
 def _max_resources() -> dict | None:
