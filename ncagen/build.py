@@ -27,7 +27,8 @@ FORMAT = 2  # manifest format: 2 adds the generator fingerprint and each shard's
 
 
 # checks (read only) --------------------------------------------------------------------------
-HUB_SCHEMES = ("hf",)  # huggingface_hub's filesystem: publish is the way there
+HUB_SCHEMES = ("hf",)  # huggingface_hub's filesystem: publish is the way to a repository
+HUB_WRITABLE = "buckets/"  # hf://buckets/...: the Hub's plain storage, written like any other
 
 
 def check_output(store, cfg: BuildConfig) -> dict | None:
@@ -40,10 +41,11 @@ def check_output(store, cfg: BuildConfig) -> dict | None:
 
     if store.local:
         check_local_path(store.url())
-    elif scheme(store.url()) in HUB_SCHEMES:
-        raise ConfigError(f"output {store.url()}: a build is not written to the Hub directly; "
-                          "build into a local directory or an object store, then "
-                          "`python -m ncagen.publish DIR --repo ORG/NAME` uploads it")
+    elif scheme(store.url()) in HUB_SCHEMES and not store.url().split("://", 1)[1].startswith(
+            HUB_WRITABLE):
+        raise ConfigError(f"output {store.url()}: a build is not written into a Hub repository; "
+                          "build into a local directory or an object store (hf://buckets/... "
+                          "too), then `python -m ncagen.publish DIR --repo ORG/NAME` uploads it")
     kind = store.kind()
     if kind == "file":
         raise ConfigError(f"output {store.url()} is a file, not a directory")

@@ -25,7 +25,8 @@ NCAGEN_HUB_TIMEOUT seconds (default 30), so a Hub that never answers fails in on
 later request gives up when connecting takes that long or when the Hub sends or takes no byte
 for STALL_FACTOR times as long (the Hub may take a while to answer a large commit), so a Hub
 that stalls mid-way fails too instead of hanging publish (huggingface_hub's own client waits
-for ever).
+for ever). Requests huggingface_hub retries itself (listings, LFS uploads) get up to 6 tries
+of that first; uploads through hf_xet run on Xet's own client, which these limits miss.
 
 Exit status (as for the build): 0 done; 2 refused before anything was uploaded (bad input, a
 build that does not match its manifest, a missing or rejected token, a tag in the way); 1 the
@@ -55,6 +56,7 @@ import posixpath
 import re
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Iterator
@@ -462,23 +464,40 @@ def publish(
             return _publish(
                 build, repo_id, branch, tag, private, token, endpoint, files_per_batch, timeout
             )
-    except HfHubHTTPError as err:
-        raise _http_error(err) from err
-    except _network_errors() as err:
-        where = redact(endpoint or constants.ENDPOINT)
+    except PublishError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the Hub's and the storage's failures, one line
+        failure = _failure(err, redact(endpoint or constants.ENDPOINT), timeout, build.name)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def _failure(err: BaseException, where: str, timeout: float, name: str) -> PublishError | None:
+    """One line for a failure while publishing, or None (a bug: its traceback is kept).
+    huggingface_hub wraps an upload's failure in a RuntimeError ("Error while uploading ..."):
+    the failure is its cause."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    while type(err) is RuntimeError and err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, HfHubHTTPError):
+        return _http_error(err)
+    if isinstance(err, _network_errors()):
         if "Timeout" in type(err).__name__:  # ConnectTimeout, ReadTimeout, ...
-            raise PublishFailed(
-                f"the Hub at {where} did not answer in time ({type(err).__name__}; its first "
-                f"request may take {timeout:g} s, a later one {timeout * STALL_FACTOR:g} s without "
-                f"a byte, NCAGEN_HUB_TIMEOUT sets that): check HF_ENDPOINT and the network, then "
-                f"{RESUME}"
-            ) from err
-        raise PublishFailed(
+            return PublishFailed(
+                f"the Hub at {where} did not answer in time ({type(err).__name__}; whoami may "
+                f"take {timeout:g} s, a later request {timeout:g} s to connect and "
+                f"{timeout * STALL_FACTOR:g} s without a byte, an upload up to 6 tries of that; "
+                f"NCAGEN_HUB_TIMEOUT sets these): check HF_ENDPOINT and the network, then {RESUME}"
+            )
+        return PublishFailed(
             f"could not reach the Hub at {where}: {type(err).__name__}: {_one_line(err)}; "
             f"check HF_ENDPOINT and the network, then {RESUME}"
-        ) from err
-    except OSError as err:  # reading the build or writing the staging copies
-        raise PublishFailed(f"publishing {build.name} failed: {_one_line(err)}; {RESUME}") from err
+        )
+    if isinstance(err, OSError):  # reading the build or writing the staging copies
+        return PublishFailed(f"publishing {name} failed: {_one_line(err)}; {RESUME}")
+    return None
 
 
 def hub_timeout() -> float:
@@ -684,20 +703,48 @@ def _network_errors() -> tuple[type[Exception], ...]:
     return tuple(kinds)
 
 
+_TIMEOUTS_LOCK = threading.Lock()
+_timeouts_depth = 0  # publishes running in this process inside _request_timeouts
+
+
 @contextlib.contextmanager
 def _request_timeouts(timeout: float) -> Iterator[None]:
-    """While publishing, the requests of huggingface_hub's shared client (which waits for ever
-    by default) give up after `timeout` seconds to connect and STALL_FACTOR times that without
-    a byte sent or received; the client's own setting comes back afterwards."""
-    from huggingface_hub.utils import get_session
+    """While publishing, every request of huggingface_hub's client that leaves a limit open
+    (its own default, or `timeout=None` passed by the call) gives up after `timeout` seconds to
+    connect and STALL_FACTOR times that without a byte sent or received. The limits go in by
+    a request hook on every client huggingface_hub's factory makes, the one it remakes after a
+    connection error included; the factory a user set (a proxy, certificates) keeps making
+    them, and is put back afterwards."""
+    global _timeouts_depth
+    from huggingface_hub.utils import _http, set_client_factory
 
-    session = get_session()
-    before = session.timeout
-    session.timeout = type(before)(timeout * STALL_FACTOR, connect=timeout)
+    limits = {"connect": timeout, "read": timeout * STALL_FACTOR,
+              "write": timeout * STALL_FACTOR, "pool": timeout * STALL_FACTOR}
+
+    def fill(request) -> None:
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            k: given[k] if given.get(k) is not None else v for k, v in limits.items()}
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
+    with _TIMEOUTS_LOCK:
+        outermost = _timeouts_depth == 0 and previous is not None
+        _timeouts_depth += 1
+        if outermost:
+            def factory():
+                client = previous()
+                hooks = client.event_hooks
+                client.event_hooks = {**hooks, "request": [*hooks.get("request", []), fill]}
+                return client
+
+            set_client_factory(factory)
     try:
         yield
     finally:
-        session.timeout = before
+        with _TIMEOUTS_LOCK:
+            _timeouts_depth -= 1
+            if outermost:
+                set_client_factory(previous)
 
 
 def _whoami(api: HfApi, token: str, timeout: float) -> dict:

@@ -89,7 +89,7 @@ def filesystem(root: str):
     try:
         fsys, path = fs.FileSystem.from_uri(root)
         if isinstance(fsys, fs.PyFileSystem) and isinstance(fsys.handler, fs.FSSpecHandler):
-            fsys = fs.PyFileSystem(_handler_class()(fsys.handler.fs))  # pyarrow took fsspec's
+            fsys = fs.PyFileSystem(fs.FSSpecHandler(_Guarded(fsys.handler.fs)))  # fsspec's
         return fsys, path
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         import fsspec
@@ -98,16 +98,18 @@ def filesystem(root: str):
             fsys, path = fsspec.core.url_to_fs(root)
         except (ImportError, ValueError) as err:  # the package a scheme needs; an unknown one
             raise StorageRefused(f"{redact(root)}: {' '.join(str(err).split())}") from None
-        return fs.PyFileSystem(_handler_class()(fsys)), path.rstrip("/")
+        return fs.PyFileSystem(fs.FSSpecHandler(_Guarded(fsys))), path.rstrip("/")
 
 
 BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # object stores whose URL starts with a bucket
 
 
 def bucket(root: str) -> str:
-    """The bucket an object-store URL names ('' if none), credentials left out."""
-    bare = redact(root).split("://", 1)[1].removeprefix("***@")
-    return bare.split("/", 1)[0].split("?", 1)[0]
+    """The bucket an object-store URL names ('' if none): the URL's authority, up to the first
+    / or ?, without the credentials before its last @ (a secret holding / or ? must be
+    percent-encoded there, as in any URL)."""
+    authority = root.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    return authority.rpartition("@")[2]
 
 
 def check_bucket(root: str) -> None:
@@ -117,35 +119,46 @@ def check_bucket(root: str) -> None:
         raise StorageRefused(f"{redact(root)} names no bucket: give {scheme(root)}://BUCKET/PREFIX")
 
 
-_HANDLER = None
+def _guarded(call):
+    """`call`, raising OSError for a filesystem client's own failures (an HTTP client's
+    connection error is not an OSError); OSError, ValueError (a malformed URL or path) and
+    programming errors pass unchanged."""
+    @functools.wraps(call)
+    def guarded(*args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except (OSError, ValueError, *_BUGS):
+            raise
+        except Exception as err:  # noqa: BLE001 - any client's failure
+            raise OSError(f"{type(err).__name__}: {' '.join(str(err).split())}") from err
+    return guarded
 
 
-def _handler_class():
-    """pyarrow's handler of an fsspec filesystem, whose calls raise OSError for its client's
-    own failures too (an HTTP client's connection error is not an OSError): then every caller's
-    one-line handling of storage errors, the card's and publish's included, sees them."""
-    global _HANDLER
-    if _HANDLER is None:
-        from pyarrow import fs
+class _Guarded:
+    """An fsspec filesystem, or a file it opened, whose methods raise OSError for its client's
+    own failures, so that every caller's one-line handling of storage errors (the build's, the
+    card's, publish's) sees them; files it opens are guarded too. Attributes pass through."""
 
-        def guarded(method):
-            @functools.wraps(method)
-            def call(self, *args, **kwargs):
-                try:
-                    return method(self, *args, **kwargs)
-                except (OSError, *_BUGS):
-                    raise
-                except Exception as err:  # noqa: BLE001 - any client's failure
-                    raise OSError(f"{type(err).__name__}: {' '.join(str(err).split())}") from err
-            return call
+    def __init__(self, target):
+        self._target = target
 
-        names = ("get_file_info", "get_file_info_selector", "create_dir", "delete_dir",
-                 "delete_dir_contents", "delete_root_dir_contents", "delete_file", "move",
-                 "copy_file", "open_input_stream", "open_input_file", "open_output_stream",
-                 "open_append_stream")
-        _HANDLER = type("ClientErrorsAsOSError", (fs.FSSpecHandler,),
-                        {n: guarded(getattr(fs.FSSpecHandler, n)) for n in names})
-    return _HANDLER
+    def __getattr__(self, name: str):
+        if name == "_target":  # not set yet (copying, unpickling)
+            raise AttributeError(name)
+        value = getattr(self._target, name)
+        return _guarded(value) if callable(value) else value
+
+    def open(self, *args, **kwargs):
+        return _Guarded(_guarded(self._target.open)(*args, **kwargs))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Guarded) and self._target == other._target
+
+    def __hash__(self) -> int:
+        return hash(self._target)
+
+    def __reduce__(self):
+        return _Guarded, (self._target,)
 
 
 def is_url(root: str) -> bool:

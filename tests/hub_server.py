@@ -164,7 +164,8 @@ class HubServer:
         self.requests: list[RecordedRequest] = []
         self.lfs_puts: list[str] = []  # oids received through the storage PUT, in order
         self.fail_commits = 0  # answer this many coming commit requests with a 500
-        self.stall_commits = 0.0  # hold each commit request this many seconds before answering
+        self.stall_on: tuple[str, str] | None = None  # (method, path part) of requests held
+        self.stall_seconds = 60.0  # how long a held request waits before it is answered
         self._unstall = threading.Event()  # set by stop(): a held request is let go
         self._tickets: dict[str, tuple[tuple[str, str], str, int]] = {}
         self._lock = threading.RLock()
@@ -244,8 +245,8 @@ class HubServer:
             if (m := _LFS_STORAGE.match(path)) and method == "PUT":
                 return self._lfs_store(m["ticket"], body)
             self._check_auth(headers)
-            if self.stall_commits and method == "POST" and "/commit/" in path:
-                self._unstall.wait(self.stall_commits)  # a Hub that takes a request, then sleeps
+            if self.stall_on and method == self.stall_on[0] and self.stall_on[1] in path:
+                self._unstall.wait(self.stall_seconds)  # a Hub that takes a request, then sleeps
             with self._lock:
                 return self._route(method, path, query, body, headers)
         except HubError as err:

@@ -119,6 +119,17 @@ def test_redact_hides_the_credentials_of_every_url():
     assert redact("s3://KEY@bkt/x s3://bkt/a@b") == "s3://***@bkt/x s3://bkt/a@b"
 
 
+def test_the_bucket_is_read_where_the_url_names_it():
+    from ncagen.storage import StorageRefused, bucket, check_bucket
+
+    assert bucket("s3://K:S@bucket/runs/u@/ds") == "bucket"  # an @ in the path is not a secret's
+    assert bucket("s3://bucket?endpoint_override=h@/x") == "bucket"
+    assert bucket("gs://b/x") == "b" and bucket("s3://K:S@/x") == "" and bucket("s3://?a=b") == ""
+    check_bucket("s3://K:S@bucket/runs/u@/ds")  # not refused
+    with pytest.raises(StorageRefused, match="names no bucket"):
+        check_bucket("s3a://")
+
+
 def test_an_error_of_a_shards_generation_keeps_its_type(tmp_path):
     """Only the storage's own failures become StorageError: what the caller's block raises
     inside an atomic write (a shard's generation) comes out unchanged."""

@@ -575,33 +575,75 @@ def test_hub_that_never_answers_times_out_in_one_line(hub, build, capsys, monkey
     assert f"the Hub at {endpoint} did not answer in time" in err and "0.5 s" in err
 
 
-def test_hub_that_stalls_mid_way_times_out_in_one_line(hub, build, capsys, monkeypatch):
-    # the stand-in Hub answers whoami, the listings and the uploads, then holds the commit
+@pytest.mark.parametrize("stall", [("GET", "/revision/"), ("POST", "/commit/")])
+def test_hub_that_stalls_mid_way_times_out_in_one_line(hub, build, capsys, monkeypatch, stall):
+    # the stand-in Hub answers whoami and what comes before the stall, then holds one kind of
     # request and says nothing, as a Hub that stalls would; huggingface_hub's own client would
-    # wait for ever
-    from huggingface_hub.utils import get_session
+    # wait for ever (repo_info even passes timeout=None). Requests huggingface_hub retries (the
+    # tree listing, uploads) take 6 tries of the limit and 23 s of back-off: not timed here
+    from huggingface_hub.utils import _http
 
     monkeypatch.setenv("NCAGEN_HUB_TIMEOUT", "0.5")  # a later request: 10 x 0.5 s without a byte
-    hub.stall_commits = 60.0
-    before = get_session().timeout
+    hub.stall_on = stall
+    factory = _http._GLOBAL_CLIENT_FACTORY
     status = []
     started = time.monotonic()
     worker = threading.Thread(target=lambda: status.append(main([str(build), "--repo", REPO])),
                               daemon=True)
     worker.start()
     worker.join(40)
-    assert not worker.is_alive(), "publish still waits for the stalled commit"
+    assert not worker.is_alive(), f"publish still waits for the stalled {stall}"
     assert status == [1] and time.monotonic() - started < 30
-    assert hub.requests_to("POST", "/commit/"), "the stall was not at the commit"
+    assert hub.requests_to(*stall), "the stall was not reached"
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "did not answer in time (ReadTimeout" in err and "5 s without a byte" in err
     assert "rerun the same command to resume" in err
-    assert get_session().timeout == before  # the client's own setting is back
+    assert _http._GLOBAL_CLIENT_FACTORY is factory  # the client's maker is put back
 
-    hub.stall_commits = 0.0
+    hub.stall_on = None
     assert main([str(build), "--repo", REPO]) == 0  # and a rerun finishes it
     assert hub.commit_count(REPO) == 2  # the repository's initial commit and the rerun's
+
+
+def test_the_limits_hold_on_a_remade_client_and_the_users_factory_stays():
+    # huggingface_hub closes its shared client after a connection error and makes a new one
+    # from its factory: the limits must be on that one too. A user's own factory (here one that
+    # adds a header, as a proxy set-up might) keeps making the clients, and comes back after.
+    import httpx2
+    from huggingface_hub.utils import _http, close_session, get_session, set_client_factory
+
+    def users_factory():
+        return httpx2.Client(headers={"X-Mine": "1"}, timeout=None)
+
+    silent = socket.socket()  # listening: the kernel completes connections; nobody answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/api/whoami-v2"
+    set_client_factory(users_factory)
+    try:
+        with publish_module._request_timeouts(0.2):
+            close_session()  # what huggingface_hub does after a ConnectError
+            session = get_session()
+            assert session.headers["X-Mine"] == "1"
+            raised = []
+
+            def ask():  # as repo_info asks: no limit
+                try:
+                    session.get(url, timeout=None)
+                except Exception as err:  # noqa: BLE001
+                    raised.append(err)
+
+            asking = threading.Thread(target=ask, daemon=True)
+            asking.start()
+            asking.join(10)
+            assert not asking.is_alive(), "the remade client waits for ever"
+            assert [type(e) for e in raised] == [httpx2.ReadTimeout]
+        assert _http._GLOBAL_CLIENT_FACTORY is users_factory
+        assert not get_session().event_hooks["request"]  # no hook of ours is left
+    finally:
+        silent.close()
+        set_client_factory(_http.default_client_factory)
 
 
 def test_hub_failing_mid_way_is_status_1(hub, build, capsys):
@@ -635,6 +677,69 @@ def test_an_fsspec_clients_own_errors_are_one_line(capsys, monkeypatch):
             assert "hf://datasets/org/x" in err and "ConnectError" in err
     finally:
         HfFileSystem.clear_instance_cache()
+
+
+def test_a_malformed_hub_url_stays_a_refusal(capsys):
+    # huggingface_hub's fsspec filesystem refuses the path itself (a ValueError), before any
+    # request: bad input, exit status 2, not an environment failure to rerun
+    from ncagen.card import main as card
+
+    for command in (lambda: main(["hf://datasets/org/bad..name", "--repo", REPO, "--dry-run"]),
+                    lambda: card(["hf://datasets/org/bad..name"])):
+        assert command() == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "bad..name" in err and "rerun" not in err
+
+
+class ClientDropped(Exception):
+    """A filesystem client's own error, not an OSError (as an HTTP client's can be)."""
+
+
+class Dropping:
+    """fsspec's in-process memory filesystem under the name dropping://, whose Parquet files'
+    reads fail with the client's own exception (made a filesystem class by `register`)."""
+
+    @staticmethod
+    def register() -> None:
+        import fsspec
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        class DroppingFileSystem(MemoryFileSystem):
+            protocol = ("dropping",)
+
+            @classmethod
+            def _strip_protocol(cls, path):
+                return super()._strip_protocol(path.replace("dropping://", "memory://", 1))
+
+            def _open(self, path, mode="rb", **kwargs):
+                f = super()._open(path, mode, **kwargs)
+                if path.endswith(".parquet") and "r" in mode:
+                    def read(*args):
+                        raise ClientDropped("the connection was dropped")
+                    f.read = read
+                return f
+
+        fsspec.register_implementation("dropping", DroppingFileSystem, clobber=True)
+
+
+def test_a_filesystem_clients_failing_reads_are_one_line(memory_url, tmp_path, capsys):
+    # publish hashes the shards of a build whose manifest records no listing times; the card
+    # scans every shard of a real build
+    from ncagen.build import main as build
+    from ncagen.card import main as card
+
+    Dropping.register()
+    built = f"memory://ncagen-dropping-{secrets.token_hex(6)}/ds"
+    assert build(["--rows", "40", "--seq-len", "380", "--executor", "local", "--out", built]) == 0
+    capsys.readouterr()
+    for command in (lambda: main([memory_url.replace("memory://", "dropping://", 1), "--repo",
+                                  REPO, "--dry-run"]),
+                    lambda: card([built.replace("memory://", "dropping://", 1), "--no-figures"])):
+        assert command() == 1
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "ClientDropped: the connection was dropped" in err
 
 
 def test_object_store_credentials_are_never_printed(tmp_path, capsys, monkeypatch):
