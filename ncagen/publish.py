@@ -479,20 +479,23 @@ def _failure(err: BaseException, where: str, timeout: float, name: str) -> Publi
     the failure is its cause."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    upload = ""
     while type(err) is RuntimeError and err.__cause__ is not None:
+        named = re.search(r"uploading '([^']+)'", str(err))
+        upload = f" (uploading {named[1]})" if named else upload
         err = err.__cause__
     if isinstance(err, HfHubHTTPError):
         return _http_error(err)
     if isinstance(err, _network_errors()):
         if "Timeout" in type(err).__name__:  # ConnectTimeout, ReadTimeout, ...
             return PublishFailed(
-                f"the Hub at {where} did not answer in time ({type(err).__name__}; whoami may "
-                f"take {timeout:g} s, a later request {timeout:g} s to connect and "
+                f"the Hub at {where} did not answer in time{upload} ({type(err).__name__}; "
+                f"whoami may take {timeout:g} s, a later request {timeout:g} s to connect and "
                 f"{timeout * STALL_FACTOR:g} s without a byte, an upload up to 6 tries of that; "
                 f"NCAGEN_HUB_TIMEOUT sets these): check HF_ENDPOINT and the network, then {RESUME}"
             )
         return PublishFailed(
-            f"could not reach the Hub at {where}: {type(err).__name__}: {_one_line(err)}; "
+            f"could not reach the Hub at {where}{upload}: {type(err).__name__}: {_one_line(err)}; "
             f"check HF_ENDPOINT and the network, then {RESUME}"
         )
     if isinstance(err, OSError):  # reading the build or writing the staging copies
@@ -704,7 +707,8 @@ def _network_errors() -> tuple[type[Exception], ...]:
 
 
 _TIMEOUTS_LOCK = threading.Lock()
-_timeouts_depth = 0  # publishes running in this process inside _request_timeouts
+_timeouts_users = 0  # publishes in this process running inside _request_timeouts
+_factory_before: tuple | None = None  # what the first of them changed, undone by the last
 
 
 @contextlib.contextmanager
@@ -714,9 +718,10 @@ def _request_timeouts(timeout: float) -> Iterator[None]:
     connect and STALL_FACTOR times that without a byte sent or received. The limits go in by
     a request hook on every client huggingface_hub's factory makes, the one it remakes after a
     connection error included; the factory a user set (a proxy, certificates) keeps making
-    them, and is put back afterwards."""
-    global _timeouts_depth
-    from huggingface_hub.utils import _http, set_client_factory
+    them, and is put back when the last publish running in this process ends (publishes that
+    overlap share the first one's limits)."""
+    global _timeouts_users, _factory_before
+    from huggingface_hub.utils import _http, get_session, set_client_factory
 
     limits = {"connect": timeout, "read": timeout * STALL_FACTOR,
               "write": timeout * STALL_FACTOR, "pool": timeout * STALL_FACTOR}
@@ -726,25 +731,34 @@ def _request_timeouts(timeout: float) -> Iterator[None]:
         request.extensions["timeout"] = {
             k: given[k] if given.get(k) is not None else v for k, v in limits.items()}
 
-    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
-    with _TIMEOUTS_LOCK:
-        outermost = _timeouts_depth == 0 and previous is not None
-        _timeouts_depth += 1
-        if outermost:
-            def factory():
-                client = previous()
-                hooks = client.event_hooks
-                client.event_hooks = {**hooks, "request": [*hooks.get("request", []), fill]}
-                return client
+    def hooked(client):
+        hooks = client.event_hooks
+        client.event_hooks = {**hooks, "request": [*hooks.get("request", []), fill]}
+        return client
 
-            set_client_factory(factory)
+    with _TIMEOUTS_LOCK:
+        _timeouts_users += 1
+        if _timeouts_users == 1:
+            factory = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
+            if factory is not None:
+                _factory_before = ("factory", factory, fill)
+                set_client_factory(lambda: hooked(factory()))
+            else:  # a huggingface_hub without the attribute: the client it has now, at least
+                _factory_before = ("client", hooked(get_session()), fill)
     try:
         yield
     finally:
         with _TIMEOUTS_LOCK:
-            _timeouts_depth -= 1
-            if outermost:
-                set_client_factory(previous)
+            _timeouts_users -= 1
+            if _timeouts_users == 0 and _factory_before is not None:
+                kind, saved, hook = _factory_before
+                if kind == "factory":
+                    set_client_factory(saved)
+                else:  # the client hooked in place: the hook goes
+                    hooks = saved.event_hooks
+                    saved.event_hooks = {
+                        **hooks, "request": [h for h in hooks["request"] if h is not hook]}
+                _factory_before = None
 
 
 def _whoami(api: HfApi, token: str, timeout: float) -> dict:

@@ -83,7 +83,7 @@ def filesystem(root: str):
         path = root[len("file://"):] if root.startswith("file://") else root
         return fs.LocalFileSystem(), os.path.abspath(path)
     check_bucket(root)
-    if scheme(root) in ("gs", "gcs") and "retry_limit_seconds=" not in root:
+    if root.split("://", 1)[0].lower() in ("gs", "gcs") and "retry_limit_seconds=" not in root:
         # pyarrow's default retries an unreachable service for 15 minutes
         root += ("&" if "?" in root else "?") + f"retry_limit_seconds={GCS_RETRY_SECONDS}"
     try:
@@ -167,8 +167,9 @@ def is_url(root: str) -> bool:
 
 
 def scheme(root: str) -> str:
-    """'s3', 'gs', 'memory', ... or 'file' for a local path."""
-    return root.split("://", 1)[0].lower() if is_url(root) else "file"
+    """'s3', 'gs', 'memory', ... or 'file' for a local path; fsspec+s3:// (pyarrow's name for
+    a scheme fsspec serves) is s3 too."""
+    return root.split("://", 1)[0].lower().removeprefix("fsspec+") if is_url(root) else "file"
 
 
 def describe_error(err: BaseException, where: str) -> str:

@@ -56,6 +56,8 @@ def test_bad_outputs(tmp_path, capsys):
         ("gs://", "gs:// names no bucket"),  # it retried for 30 s
         ("s3://KEY:Secret@/x", "s3://***@/x names no bucket"),
         ("hf://datasets/org/x", "python -m ncagen.publish DIR"),  # it failed on the network
+        ("fsspec+hf://datasets/org/x", "python -m ncagen.publish DIR"),  # pyarrow's own name
+        ("fsspec+s3:///x", "names no bucket"),
     ]
     for out, words in cases:
         assert build_main([*SMALL, "--executor", "local", "--out", out]) == 2, out

@@ -696,6 +696,22 @@ class ClientDropped(Exception):
     """A filesystem client's own error, not an OSError (as an HTTP client's can be)."""
 
 
+def test_overlapping_publishes_keep_the_limits_until_the_last_ends():
+    # two publishes in threads of one process: A starts, B starts, A ends first
+    from huggingface_hub.utils import _http, get_session
+
+    before = _http._GLOBAL_CLIENT_FACTORY
+    a, b = publish_module._request_timeouts(1.0), publish_module._request_timeouts(1.0)
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert _http._GLOBAL_CLIENT_FACTORY is not before  # B still runs with the limits
+    assert any(h.__name__ == "fill" for h in get_session().event_hooks["request"])
+    b.__exit__(None, None, None)
+    assert _http._GLOBAL_CLIENT_FACTORY is before
+    assert not any(h.__name__ == "fill" for h in get_session().event_hooks["request"])
+
+
 class Dropping:
     """fsspec's in-process memory filesystem under the name dropping://, whose Parquet files'
     reads fail with the client's own exception (made a filesystem class by `register`)."""
