@@ -19,6 +19,10 @@ DEFAULT_HIDDEN = 16
 # widths beyond these only slow the generated CPU kernel (its hidden loop is written out)
 MAX_CONV_CHANNELS = 64
 MAX_HIDDEN = 256
+# the last recorded step a rollout may reach: at the spec's network a step costs about 2 us of one
+# core a candidate, so a million steps is seconds a candidate (and a typo's 10**20 is refused, not
+# passed to the kernels' int64 counters)
+MAX_STEPS = 10**6
 
 
 class ConfigError(ValueError):
@@ -74,6 +78,9 @@ class NCAConfig:
             raise ConfigError(f"states must be <= 255 (cells are stored as bytes), got {self.states}")
         if not isinstance(self.burn_in, int) or self.burn_in < 0:
             raise ConfigError(f"burn-in must be an integer >= 0, got {self.burn_in!r}")
+        if self.sims_per_rule > INT32_MAX:
+            raise ConfigError(f"sims-per-rule must be <= {INT32_MAX} (the sim column is int32), "
+                              f"got {self.sims_per_rule}")
         # both are used as float32: a value that is 0 or overflows there is refused here
         if not (self.temperature > 0 and math.isfinite(self.temperature)
                 and 0 < _as_float32(self.temperature) < math.inf):
@@ -95,6 +102,12 @@ class NCAConfig:
             raise ConfigError(
                 f"seq-len {self.seq_len} cannot hold the first {self.ratio_grids} grids that the "
                 f"gzip ratio is computed on ({self.ratio_grids * self.tokens_per_grid} tokens)")
+        last = self.record_time(self.grids_per_sequence - 1)
+        if last > MAX_STEPS:
+            raise ConfigError(
+                f"a row's last grid would be step {last} (burn-in {self.burn_in} + dt {self.dt} x "
+                f"{self.grids_per_sequence - 1}, for {self.grids_per_sequence} grids a row), beyond the {MAX_STEPS:,} a rollout may run: "
+                f"a smaller --burn-in, --dt or --seq-len")
         if not 1 <= self.gzip_level <= 9:
             raise ConfigError(f"gzip level must be in 1..9, got {self.gzip_level}")
         if not 1 <= self.zstd_level <= 22:

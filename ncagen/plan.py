@@ -24,6 +24,7 @@ MIN_FILES = {"train": 32, "validation": 8}
 TARGET_FILE_BYTES = 256 * 10**6  # the largest file `auto` makes: the Hub handles 50-500 MB well
 MIN_FILE_BYTES = 500_000  # the smallest: a split too small for `min_files` such files has fewer
 BYTES_PER_TOKEN = 1.73  # of a shard, measured: 1.77 KB a row at seq_len 1024 (int32, zstd)
+MAX_FILES = 100_000  # train or validation files a partition may have (256 MB each by `auto`: 25 TB)
 MIX_TAG = 2**40 + 0x6D6978  # a mixture shard key's third part: no band's round(lo * 1e6) is it
 
 
@@ -125,6 +126,13 @@ class BuildConfig:
             raise ConfigError(f"batch must be >= 1, got {self.batch}")
         if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}")
+        for split, total in zip(SPLITS, (self.train_rows, self.validation_rows)):
+            files = math.ceil(total / self.split_shard_rows(split))
+            if files > MAX_FILES:
+                raise ConfigError(
+                    f"{total:,} {split} rows a partition would be {files:,} files, more than the "
+                    f"{MAX_FILES:,} a split may have: fewer rows"
+                    + (" or a larger --shard-rows" if self.shard_rows != AUTO else ""))
         if self.executor == "ray" and self.out.startswith("memory://"):
             raise ConfigError("memory:// output lives inside one process; Ray workers cannot "
                               "write to it (use --executor local, or s3://...)")

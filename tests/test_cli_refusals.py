@@ -34,6 +34,13 @@ def _closed_port() -> int:
     (["--identity-bias", "1e39"], "identity-bias must be finite in float32"),
     (["--shard-rows", "0"], "--shard-rows amount '0'"),
     (["--val-rows", "x"], "--val-rows amount 'x'"),
+    # numbers past what the kernels' counters, the sim column or a split's files can hold:
+    # refused here, not a traceback (or a plan that never ends) later
+    (["--burn-in", "99999999999999999999"], "beyond the 1,000,000 a rollout may run"),
+    (["--dt", "200000"], "burn-in 10 + dt 200000 x 9, for 10 grids a row"),
+    (["--sims-per-rule", str(2**31)], "the sim column is int32"),
+    (["--rows", "99999999999999999999"], "more than the 100,000 a split may have: fewer rows"),
+    (["--rows", "200001", "--shard-rows", "2"], "100,001 files, more than the 100,000"),
 ])
 def test_bad_flags(tmp_path, capsys, args, words):
     out = tmp_path / "never"

@@ -22,10 +22,19 @@ def test_defaults_match_spec():
     ({"temperature": 0.0}, "temperature"),
     ({"burn_in": -1}, "burn-in"),
     ({"sims_per_rule": 0}, "sims-per-rule"),
+    ({"burn_in": 10**6}, "step 1000026 .* beyond the 1,000,000"),
+    ({"seq_len": 10**8}, "beyond the 1,000,000"),
 ])
 def test_refused_configs(kwargs, words):
     with pytest.raises(ConfigError, match=words):
         NCAConfig(**kwargs)
+
+
+def test_the_longest_rollout_allowed_is_the_limit():
+    from ncagen.config import MAX_STEPS
+
+    assert NCAConfig(burn_in=MAX_STEPS - 26).record_time(26) == MAX_STEPS  # 27 grids a row
+    assert NCAConfig(sims_per_rule=2**31 - 1).sims_per_rule == 2**31 - 1
 
 
 @pytest.mark.parametrize("text, lo, hi", [("0.5-1.0", 0.5, 1.0), ("0-1", 0.0, 1.0), (".3-.4", 0.3, 0.4)])
