@@ -168,7 +168,11 @@ class Band:
         m = _BAND_RE.match(text)
         if not m:
             raise ConfigError(f"band {text!r} is not of the form LO-HI, e.g. 0.5-1.0")
-        return cls(float(m.group(1)), float(m.group(2)))
+        lo, hi = float(m.group(1)), float(m.group(2))
+        if any(round(x * 1e6) / 1e6 != x for x in (lo, hi)):  # names and keys round to 1e-6
+            raise ConfigError(f"band {text.strip()!r}: give its edges to at most 6 decimal places "
+                              f"(a config's name and keys hold them to 1e-6)")
+        return cls(lo, hi)
 
     def mask(self, ratios):
         """Which ratios lie inside the band: THE definition, used by the generator, the card

@@ -111,6 +111,13 @@ class BuildConfig:
         for n, band in self.pairs:
             if n not in self.states or band not in (*self.bands, *self.mixes):
                 raise ConfigError(f"partition {n}:{band} is not among the states and bands")
+        names = {}
+        for n, part in self.partitions:
+            name = config_name(part, dataclasses.replace(self.nca, states=n))
+            if name in names:
+                raise ConfigError(f"partitions {names[name]} and {part} at {n} states would both "
+                                  f"be config {name}: give edges that differ at 1e-6")
+            names[name] = part
         if not 0 <= self.seed < 2**64:  # keys hash it as 64 bits: a larger one would repeat one
             raise ConfigError(f"seed must be in 0 .. 2**64 - 1, got {self.seed}")
         if not self.out.strip():

@@ -194,6 +194,8 @@ def read_manifest(fsys: fs.FileSystem, base: str, root: str) -> dict:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{where} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is not an ncagen manifest (nested too deep to read)") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{where} must hold a JSON object")
     return manifest

@@ -38,10 +38,19 @@ RUN_FLAGS = ("recipe", "out", "executor", "address", "device", "workers", "batch
              "shared_fs")
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of JSON; anything larger is another file
+
+
 def load_recipe(path: str) -> dict:
     """The recipe at `path` as BuildConfig keywords (all but where and how it runs)."""
     try:
-        raw = json.loads(pathlib.Path(path).read_text())
+        file = pathlib.Path(path)
+        if file.exists() and not file.is_file():  # a directory, a device (/dev/zero), a pipe
+            raise ConfigError(f"recipe {path}: not a regular file")
+        if file.exists() and file.stat().st_size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"recipe {path}: {file.stat().st_size:,} bytes, more than a recipe "
+                              f"({MAX_RECIPE_BYTES:,} at most)")
+        raw = json.loads(file.read_text())
     except OSError as e:
         raise ConfigError(f"recipe {path}: cannot read it ({e.strerror or e})") from None
     except json.JSONDecodeError as e:

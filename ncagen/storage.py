@@ -47,14 +47,20 @@ class StorageRefused(ValueError):
 # user:password@ up to the last @ of the URL (a secret may hold / or @), or user@ alone
 _USER_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]*:\S*@")
 _USER = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+# a URL's query parameter that may carry a secret (s3://b/x?secret_key=...&session_token=...)
+_SECRET_QUERY = re.compile(r"([?&][^=&#\s]*(?:secret|key|token|passw|signature|credential|auth)"
+                           r"[^=&#\s]*=)[^&#\s]*", re.IGNORECASE)
 GCS_RETRY_SECONDS = 30  # how long gs:// retries an unreachable service before it fails
 
 
 def redact(text: str) -> str:
-    """`text` with the user:password part of every URL in it replaced by ***: credentials in
-    an --out URL (s3://KEY:SECRET@bucket/...) are never printed or recorded. Where it cannot
-    tell a secret from a port and path (http://host:9/a@b) it hides both."""
-    return _USER.sub(r"\1***@", _USER_PASSWORD.sub(r"\1***@", text))
+    """`text` with the user:password part of every URL in it replaced by ***, and the value of
+    every query parameter whose name suggests a secret (access_key, secret_key, session_token,
+    ...): credentials in an --out URL (s3://KEY:SECRET@bucket/...) are never printed or
+    recorded. Where it cannot tell a secret from a port and path (http://host:9/a@b) it hides
+    both."""
+    text = _USER.sub(r"\1***@", _USER_PASSWORD.sub(r"\1***@", text))
+    return _SECRET_QUERY.sub(r"\1***", text)
 
 
 @dataclass(frozen=True)

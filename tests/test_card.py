@@ -235,6 +235,20 @@ def test_without_figures(built, tmp_path):
     assert infos[0] == infos[1]
 
 
+def test_credentials_in_a_hand_edited_command_stay_out_of_the_card(built, tmp_path):
+    # a build records its command redacted; one edited by hand afterwards is redacted again
+    copy = tmp_path / "nca"
+    shutil.copytree(built, copy, ignore=shutil.ignore_patterns("figures", "README.md"))
+    manifest = json.loads((copy / "ncagen.json").read_text())
+    manifest["command"] = ("ncagen build --out s3://AKIAHAND:HandSecret@bkt/x "
+                           "--out s3://bkt/y?secret_key=QuerySecret")
+    (copy / "ncagen.json").write_text(json.dumps(manifest))
+    write_card(str(copy), figures=False)
+    text = (copy / "README.md").read_text()
+    assert "s3://***@bkt/x" in text and "secret_key=***" in text
+    assert "HandSecret" not in text and "AKIAHAND" not in text and "QuerySecret" not in text
+
+
 def _tampered(built, tmp_path, edit):
     copy = tmp_path / "nca"
     shutil.copytree(built, copy)

@@ -41,6 +41,10 @@ def _closed_port() -> int:
     (["--sims-per-rule", str(2**31)], "the sim column is int32"),
     (["--rows", "99999999999999999999"], "more than the 100,000 a split may have: fewer rows"),
     (["--rows", "200001", "--shard-rows", "2"], "100,001 files, more than the 100,000"),
+    # edges finer than the 1e-6 that config names and shard keys hold: two such bands were one
+    # config, found only after the first write
+    (["--band", "0.5-1.0", "--band", "0.5000001-1.0"], "'0.5000001-1.0': give its edges to at most 6"),
+    (["--mix", "0.12345674-0.5:1,0.12345671-0.5:1"], "at most 6 decimal places"),
 ])
 def test_bad_flags(tmp_path, capsys, args, words):
     out = tmp_path / "never"
@@ -93,7 +97,11 @@ def test_unreachable_ray_address_fails_at_once(tmp_path, capsys):
 def test_unreadable_recipes(tmp_path, capsys):
     (tmp_path / "deep.json").write_text("[" * 100_000)
     (tmp_path / "latin.json").write_bytes(b"\xff\xfe{}")
-    for name, words in (("deep.json", "nested too deep"), ("latin.json", "not UTF-8")):
+    (tmp_path / "huge.json").write_text(" " * (2 << 20) + "{}")
+    (tmp_path / "folder.json").mkdir()
+    for name, words in (("deep.json", "nested too deep"), ("latin.json", "not UTF-8"),
+                        ("huge.json", "more than a recipe"), ("folder.json", "not a regular file"),
+                        ("/dev/zero", "not a regular file")):  # an endless file is never read
         assert build_main(["--recipe", str(tmp_path / name), "--executor", "local",
                            "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
@@ -126,6 +134,21 @@ def test_redact_hides_the_credentials_of_every_url():
     assert redact("s3://AKIA:wJal/rXU@bkt/x") == "s3://***@bkt/x"
     assert redact("s3://u:p@ss@bkt/x") == "s3://***@bkt/x"
     assert redact("s3://KEY@bkt/x s3://bkt/a@b") == "s3://***@bkt/x s3://bkt/a@b"
+    # secrets in the query string; other parameters stay readable
+    assert (redact("s3://bkt/x?region=eu&access_key=AKIA&secret_key=S3CR&session_token=T0K")
+            == "s3://bkt/x?region=eu&access_key=***&secret_key=***&session_token=***")
+    assert redact("gs://b/p?token=abc#f and s3://b?endpoint_override=h:9") == \
+        "gs://b/p?token=***#f and s3://b?endpoint_override=h:9"
+
+
+def test_two_bands_of_one_config_name_are_refused():
+    from ncagen.config import Band, ConfigError
+    from ncagen.plan import BuildConfig
+
+    # the Python API takes Band objects without Band.parse's 6 decimals: the names are checked
+    with pytest.raises(ConfigError, match="would both be config band_50_100"):
+        BuildConfig(out="x", bands=(Band(0.5, 1.0), Band(0.5000001, 1.0)), rows=10)
+    assert len(BuildConfig(out="x", bands=(Band(0.5, 1.0), Band(0.500001, 1.0)), rows=10).partitions) == 2
 
 
 def test_the_bucket_is_read_where_the_url_names_it():

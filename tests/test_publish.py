@@ -344,6 +344,14 @@ def test_dry_run_lists_files_and_contacts_nothing(hub, build, capsys, monkeypatc
     assert "5 files" in out and ".tmp" not in out and ".cache" not in out
 
 
+def test_a_manifest_nested_too_deep_is_one_line(hub, build, capsys):
+    (build / MANIFEST).write_text("[" * 200_000 + "]" * 200_000)  # json's recursion limit
+    assert main([str(build), "--repo", REPO, "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and hub.requests == [] and len(err.splitlines()) == 1, err
+    assert "nested too deep" in err
+
+
 @pytest.mark.parametrize(
     "case",
     [

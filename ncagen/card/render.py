@@ -16,6 +16,7 @@ from .. import __version__
 from ..config import Band, Mix, NCAConfig, parse_partition
 from ..recipe import release_tag
 from ..shards import PREVIEW_DIR
+from ..storage import redact
 from .figures import BANDS_FIGURE, STRIP_GRIDS, figure_paths
 from .preview import FEATURES as PREVIEW_FEATURES
 from .preview import PREVIEW_CONFIG, PreviewFile
@@ -322,7 +323,7 @@ def render_card(manifest: dict, parts: list[PartitionStats], *, repo_id: str = D
         splits_sentence=splits_sentence(parts), preview=preview_text(parts, preview, repo_id),
         acceptance_table=acceptance_table(parts),
         bands_figure=bands_markdown(parts) if figures else "",
-        command=manifest.get("command") or "(not recorded)",
+        command=redact(str(manifest.get("command") or "(not recorded)")),  # a hand-edited one too
         release=release_text(manifest, parts),
         transfer=(TEMPLATES / "transfer.md").read_text(encoding="utf-8").rstrip())
 
