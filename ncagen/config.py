@@ -106,8 +106,8 @@ class NCAConfig:
         if last > MAX_STEPS:
             raise ConfigError(
                 f"a row's last grid would be step {last} (burn-in {self.burn_in} + dt {self.dt} x "
-                f"{self.grids_per_sequence - 1}, for {self.grids_per_sequence} grids a row), beyond the {MAX_STEPS:,} a rollout may run: "
-                f"a smaller --burn-in, --dt or --seq-len")
+                f"{self.grids_per_sequence - 1}, for {self.grids_per_sequence} grids a row), "
+                f"beyond the {MAX_STEPS:,} a rollout may run: a smaller --burn-in, --dt or --seq-len")
         if not 1 <= self.gzip_level <= 9:
             raise ConfigError(f"gzip level must be in 1..9, got {self.gzip_level}")
         if not 1 <= self.zstd_level <= 22:

@@ -45,11 +45,12 @@ def load_recipe(path: str) -> dict:
     """The recipe at `path` as BuildConfig keywords (all but where and how it runs)."""
     try:
         file = pathlib.Path(path)
-        if file.exists() and not file.is_file():  # a directory, a device (/dev/zero), a pipe
-            raise ConfigError(f"recipe {path}: not a regular file")
-        if file.exists() and file.stat().st_size > MAX_RECIPE_BYTES:
-            raise ConfigError(f"recipe {path}: {file.stat().st_size:,} bytes, more than a recipe "
-                              f"({MAX_RECIPE_BYTES:,} at most)")
+        if file.exists():  # a missing one is the OSError below
+            if not file.is_file():  # a directory, a device (/dev/zero), a pipe
+                raise ConfigError(f"recipe {path}: not a regular file")
+            if (size := file.stat().st_size) > MAX_RECIPE_BYTES:
+                raise ConfigError(f"recipe {path}: {size:,} bytes, more than a recipe "
+                                  f"({MAX_RECIPE_BYTES:,} at most)")
         raw = json.loads(file.read_text())
     except OSError as e:
         raise ConfigError(f"recipe {path}: cannot read it ({e.strerror or e})") from None
