@@ -12,6 +12,7 @@ import argparse
 import atexit
 import math
 import os
+import re
 import shlex
 import sys
 import threading
@@ -22,8 +23,19 @@ from .plan import AUTO, BuildConfig
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
+# What reads as a value although it starts with '-': a minus then a digit (or '.' and a digit),
+# as in Python 3.13's argparse. Before 3.13 only plain negative numbers did, so
+# `--identity-bias -1e39` and `--band -0.1-0.5` read as a missing value and an unknown flag.
+_NEGATIVE_NUMBER = re.compile(r"-\.?\d")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit status 2."""
+    """argparse, but a usage error is one line and exit status 2, and '-' before a digit
+    starts a value (a negative number, a band with a negative edge), not a flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:
         print(f"error: {message} (see --help)", file=sys.stderr)

@@ -122,6 +122,9 @@ class BuildConfig:
             raise ConfigError(f"seed must be in 0 .. 2**64 - 1, got {self.seed}")
         if not self.out.strip():
             raise ConfigError("--out is empty: give the output directory or URL")
+        if self.out.strip() == "-":
+            raise ConfigError("--out -: a build is a directory of files, not a stream; give a "
+                              "directory (./- for one named '-')")
         if self.executor not in ("ray", "local"):
             raise ConfigError(f"executor must be ray or local, got {self.executor!r}")
         if self.executor == "local" and (self.address or self.shared_fs):

@@ -60,7 +60,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Iterator
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pyarrow import fs
 
@@ -404,7 +404,26 @@ def check_tag(tag: str) -> str:
             f"bad tag {tag!r}: expected a name like v1.0 of letters, digits, '.', '-', '_' "
             "and '/' between parts"
         )
+    if tag == "HEAD" or tag.startswith("refs/"):  # git's own name; a full ref (refs/heads/x,
+        # the Hub's refs/pr/N) that a revision would resolve to something else
+        raise ValueError(f"bad tag {tag!r}: HEAD and names starting with refs/ are git's own; "
+                         "give a plain name like v1.0")
     return tag
+
+
+def check_endpoint(endpoint: str, what: str = "HF_ENDPOINT") -> str:
+    """Return `endpoint` if it is an http(s) URL with a host, else raise ValueError naming
+    `what` (the address is shown without its credentials)."""
+    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    try:
+        ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+        ok = ok and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number, or out of range
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} {redact(str(endpoint))!r} is not the http(s) address of a Hub "
+                         "(like https://huggingface.co)")
+    return endpoint
 
 
 def repo_url(endpoint: str, repo_id: str, revision: str) -> str:
@@ -435,14 +454,15 @@ def publish(
             raise ValueError(f"tag {tag!r} has the name of the branch it would tag; pick another")
     if files_per_batch < 1:
         raise ValueError(f"files_per_batch must be at least 1, got {files_per_batch}")
+    from huggingface_hub import constants
+
+    check_endpoint(endpoint or constants.ENDPOINT, "endpoint" if endpoint else "HF_ENDPOINT")
     timeout = hub_timeout()
     build = load_build(out_dir)
     try:
         check_content(build)
     except OSError as err:
         raise PublishFailed(f"cannot read {build.name}: {_one_line(err)}; {RESUME}") from err
-
-    from huggingface_hub import constants
 
     if dry_run:
         url = repo_url(endpoint or constants.ENDPOINT, repo_id, branch)
@@ -890,20 +910,47 @@ def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextlib.contextmanager
+def _no_bars_off_a_terminal() -> Iterator[None]:
+    """No per-file progress bars of huggingface_hub while stderr is not a terminal (a CI log, a
+    Ray job's log): redrawn bars there are lines of cursor codes; the batch lines still report
+    progress. HF_HUB_DISABLE_PROGRESS_BARS, when set, decides instead."""
+    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                       enable_progress_bars)
+
+    turn_off = (os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None
+                and not _is_terminal(sys.stderr) and not are_progress_bars_disabled())
+    if turn_off:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if turn_off:
+            enable_progress_bars()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m ncagen.publish") -> int:
     """CLI entry point; returns the exit status."""
     args = _parse_args(argv, prog)
     logging.basicConfig(format="%(message)s")
     logger.setLevel(logging.INFO)  # our progress lines, without the HTTP client's per-request ones
     try:
-        report = publish(
-            args.dir,
-            args.repo,
-            private=args.private,
-            revision=args.revision,
-            tag=args.tag,
-            dry_run=args.dry_run,
-        )
+        with _no_bars_off_a_terminal():
+            report = publish(
+                args.dir,
+                args.repo,
+                private=args.private,
+                revision=args.revision,
+                tag=args.tag,
+                dry_run=args.dry_run,
+            )
     except PublishFailed as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1

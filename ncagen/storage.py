@@ -89,22 +89,39 @@ def filesystem(root: str):
         path = root[len("file://"):] if root.startswith("file://") else root
         return fs.LocalFileSystem(), os.path.abspath(path)
     check_bucket(root)
+    given, uri = root, root
     if root.split("://", 1)[0].lower() in ("gs", "gcs") and "retry_limit_seconds=" not in root:
         # pyarrow's default retries an unreachable service for 15 minutes
-        root += ("&" if "?" in root else "?") + f"retry_limit_seconds={GCS_RETRY_SECONDS}"
+        uri += ("&" if "?" in root else "?") + f"retry_limit_seconds={GCS_RETRY_SECONDS}"
     try:
-        fsys, path = fs.FileSystem.from_uri(root)
+        fsys, path = fs.FileSystem.from_uri(uri)
         if isinstance(fsys, fs.PyFileSystem) and isinstance(fsys.handler, fs.FSSpecHandler):
             fsys = fs.PyFileSystem(fs.FSSpecHandler(_Guarded(fsys.handler.fs)))  # fsspec's
         return fsys, path
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        if isinstance(err, pa.ArrowInvalid) and not str(err).startswith(_NOT_ARROWS):
+            # a scheme pyarrow serves itself (s3, gs, abfs) refusing the URL: an unknown query
+            # parameter, no account; fsspec would only ask for another package
+            raise StorageRefused(f"{redact(given)}: {redact(_first_line(err))}") from None
         import fsspec
 
         try:
             fsys, path = fsspec.core.url_to_fs(root)
         except (ImportError, ValueError) as err:  # the package a scheme needs; an unknown one
-            raise StorageRefused(f"{redact(root)}: {' '.join(str(err).split())}") from None
+            raise StorageRefused(f"{redact(given)}: {' '.join(str(err).split())}") from None
         return fs.PyFileSystem(fs.FSSpecHandler(_Guarded(fsys))), path.rstrip("/")
+    except OSError as err:  # the client could not start (hdfs without a JVM lists every path
+        # it tried) or reach its service (s3's region lookup): its first line
+        short = OSError(err.errno, _first_line(err)) if err.errno else OSError(_first_line(err))
+        raise short from None
+
+
+_NOT_ARROWS = "Unrecognized filesystem type"  # pyarrow's ArrowInvalid for a scheme it lacks
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return " ".join(lines[0].split()) if lines else type(err).__name__
 
 
 BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # object stores whose URL starts with a bucket

@@ -32,6 +32,11 @@ def _closed_port() -> int:
     (["--device", "cuda:abc"], "cuda:<index>"),
     (["--temperature", "1e-50"], "float32"),
     (["--identity-bias", "1e39"], "identity-bias must be finite in float32"),
+    # a negative value in scientific notation is the flag's value (argparse before 3.13 read
+    # it as an unknown flag and said "expected one argument")
+    (["--identity-bias", "-1e39"], "identity-bias must be finite in float32"),
+    (["--temperature", "-2.5E-3"], "temperature must be > 0"),
+    (["--band", "-0.1-0.5"], "-0.1-0.5"),
     (["--shard-rows", "0"], "--shard-rows amount '0'"),
     (["--val-rows", "x"], "--val-rows amount 'x'"),
     # numbers past what the kernels' counters, the sim column or a split's files can hold:
@@ -69,6 +74,12 @@ def test_bad_outputs(tmp_path, capsys):
         ("hf://datasets/org/x", "python -m ncagen.publish DIR"),  # it failed on the network
         ("fsspec+hf://datasets/org/x", "python -m ncagen.publish DIR"),  # pyarrow's own name
         ("fsspec+s3:///x", "names no bucket"),
+        ("-", "a build is a directory of files, not a stream"),  # it made a folder named -
+        # a query parameter that pyarrow's own S3 / GCS clients do not know: it said "Install
+        # s3fs" (the fallback's package), which would not have helped
+        ("s3://bucket/x?region=us-east-1&retries=3", "Unexpected query parameter in S3 URI: 'retries'"),
+        ("gs://bucket/x?colour=1", "gs://bucket/x?colour=1: Unexpected query parameter in GCS"),
+        ("s3://bucket/x?secret_key=Sekrit9&x=1", "s3://bucket/x?secret_key=***&x=1: Unexpected"),
     ]
     for out, words in cases:
         assert build_main([*SMALL, "--executor", "local", "--out", out]) == 2, out
@@ -176,6 +187,16 @@ def test_an_error_of_a_shards_generation_keeps_its_type(tmp_path):
                 sink.write(b"half")
                 raise err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_negative_number_with_an_exponent_is_a_value_and_flags_still_are_flags():
+    from ncagen.cli import build_parser
+
+    args = build_parser().parse_args(["--out", "o", "--rows", "5", "--identity-bias", "-1e-3",
+                                      "--temperature", "2e-2"])
+    assert args.identity_bias == pytest.approx(-1e-3) and args.out == "o"
+    with pytest.raises(SystemExit):  # a flag is not swallowed as a value
+        build_parser().parse_args(["--out", "o", "--identity-bias", "--rows", "5"])
 
 
 def test_gs_urls_keep_their_options_and_get_a_retry_limit():

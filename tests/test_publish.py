@@ -481,7 +481,7 @@ def test_object_store_shards_listed_as_recorded_are_trusted_and_checked_when_sta
 @pytest.mark.parametrize(
     "case",
     ["missing dir", "a file", "not a build", "bad repo id", "missing token", "rejected token",
-     "bad timeout"],
+     "bad timeout", "bad endpoint"],
 )
 def test_cli_errors_are_one_line_with_status_2(
     case, hub, build, token, tmp_path, capsys, monkeypatch
@@ -493,6 +493,10 @@ def test_cli_errors_are_one_line_with_status_2(
         target = build / MANIFEST
     elif case == "bad timeout":
         monkeypatch.setenv("NCAGEN_HUB_TIMEOUT", "soon")
+    elif case == "bad endpoint":  # it was "could not reach the Hub", exit 1, after reading the build
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "ENDPOINT", "huggingface.co")
     elif case == "not a build":
         (build / MANIFEST).unlink()
     elif case == "bad repo id":
@@ -512,6 +516,7 @@ def test_cli_errors_are_one_line_with_status_2(
         "missing dir": "no such directory",
         "a file": f"{build / MANIFEST}: a file, not a build directory",
         "bad timeout": "NCAGEN_HUB_TIMEOUT must be a positive number of seconds, got 'soon'",
+        "bad endpoint": "HF_ENDPOINT 'huggingface.co' is not the http(s) address of a Hub",
         "not a build": "not an ncagen build",
         "bad repo id": "bad repo id",
         "missing token": "no Hugging Face token",
@@ -520,6 +525,38 @@ def test_cli_errors_are_one_line_with_status_2(
     assert expected in err
     if case != "rejected token":
         assert hub.requests == []
+
+
+@pytest.mark.parametrize("endpoint", ["ftp://hub.example", "http://", "https://:443",
+                                      "http://host:99999", "http://host:x"])
+def test_an_endpoint_that_is_no_http_address_is_refused(endpoint, build):
+    with pytest.raises(ValueError, match="endpoint .* is not the http.s. address of a Hub"):
+        publish(build, REPO, endpoint=endpoint, dry_run=True)
+
+
+def test_no_progress_bars_in_a_log_unless_asked(hub, build, token, tmp_path):
+    """The publish command with stderr a pipe (a CI or Ray job log), as a subprocess against the
+    stand-in Hub: huggingface_hub's per-file bars (redrawn with cursor codes) stay out of it, the
+    batch lines stay in; HF_HUB_DISABLE_PROGRESS_BARS=0 brings the bars back."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    env.update(HF_ENDPOINT=hub.url, HF_TOKEN=token, HF_HUB_DISABLE_XET="1",
+               HF_HOME=str(tmp_path / "home"))
+
+    def run(repo, **extra):
+        res = subprocess.run([sys.executable, "-m", "ncagen.publish", str(build), "--repo", repo],
+                             env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res.stderr
+
+    quiet = run(REPO)
+    assert "pre-uploaded batch 1/1" in quiet and "commit " in quiet
+    assert "\x1b[" not in quiet and "it/s]" not in quiet and "B/s]" not in quiet, quiet
+    asked = run(REPO + "-bars", HF_HUB_DISABLE_PROGRESS_BARS="0")
+    assert "pre-uploaded batch 1/1" in asked and ("B/s]" in asked or "it/s]" in asked), asked
 
 
 @pytest.mark.parametrize(
@@ -932,7 +969,8 @@ def test_tag_marking_another_commit_is_refused_before_uploading(hub, build, caps
     assert hub.files(REPO, revision="v1.0")[SMALL] != hub.files(REPO, revision="v1.1")[SMALL]
 
 
-@pytest.mark.parametrize("case", ["bad name", "commit-like name", "tag is the branch", "a branch"])
+@pytest.mark.parametrize("case", ["bad name", "commit-like name", "tag is the branch", "a branch",
+                                  "a full ref", "HEAD"])
 def test_bad_tags_are_one_line_with_status_2(case, hub, build, capsys):
     args = [str(build), "--repo", REPO]
     if case == "a branch":
@@ -943,6 +981,8 @@ def test_bad_tags_are_one_line_with_status_2(case, hub, build, capsys):
         "commit-like name": ["--tag", "0" * 40],
         "tag is the branch": ["--revision", "stable", "--tag", "stable"],
         "a branch": ["--tag", "stable"],
+        "a full ref": ["--tag", "refs/heads/main"],  # git would store refs/tags/refs/heads/main
+        "HEAD": ["--tag", "HEAD"],
     }[case]
 
     assert main(args) == 2
@@ -954,6 +994,8 @@ def test_bad_tags_are_one_line_with_status_2(case, hub, build, capsys):
         "commit-like name": "bad tag",
         "tag is the branch": "has the name of the branch it would tag",
         "a branch": f"'stable' is a branch of {REPO}",
+        "a full ref": "bad tag 'refs/heads/main': HEAD and names starting with refs/",
+        "HEAD": "bad tag 'HEAD'",
     }[case]
     assert expected in err
     new = hub.requests[requests:]
