@@ -24,7 +24,7 @@ _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
 # What reads as a value although it starts with '-': a minus then a digit (or '.' and a digit),
-# as in Python 3.13's argparse. Before 3.13 only plain negative numbers did, so
+# as in newer Pythons' argparse (3.12.7, 3.13). In 3.11 only plain negative numbers did, so
 # `--identity-bias -1e39` and `--band -0.1-0.5` read as a missing value and an unknown flag.
 _NEGATIVE_NUMBER = re.compile(r"-\.?\d")
 

@@ -414,16 +414,23 @@ def check_tag(tag: str) -> str:
 def check_endpoint(endpoint: str, what: str = "HF_ENDPOINT") -> str:
     """Return `endpoint` if it is an http(s) URL with a host, else raise ValueError naming
     `what` (the address is shown without its credentials)."""
-    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
     try:
+        parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
         ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
         ok = ok and (parts.port is None or parts.port > 0)
-    except ValueError:  # a port that is not a number, or out of range
+    except ValueError:  # a port that is not a number or out of range, a broken [IPv6] host
         ok = False
     if not ok:
         raise ValueError(f"{what} {redact(str(endpoint))!r} is not the http(s) address of a Hub "
                          "(like https://huggingface.co)")
     return endpoint
+
+
+def _check_env_endpoint() -> None:
+    """ValueError for an HF_ENDPOINT that is not an http(s) address: huggingface_hub parses it
+    as it is imported, where a broken one fails without naming it."""
+    if os.environ.get("HF_ENDPOINT"):
+        check_endpoint(os.environ["HF_ENDPOINT"])
 
 
 def repo_url(endpoint: str, repo_id: str, revision: str) -> str:
@@ -454,6 +461,7 @@ def publish(
             raise ValueError(f"tag {tag!r} has the name of the branch it would tag; pick another")
     if files_per_batch < 1:
         raise ValueError(f"files_per_batch must be at least 1, got {files_per_batch}")
+    _check_env_endpoint()
     from huggingface_hub import constants
 
     check_endpoint(endpoint or constants.ENDPOINT, "endpoint" if endpoint else "HF_ENDPOINT")
@@ -920,12 +928,19 @@ def _no_bars_off_a_terminal() -> Iterator[None]:
 
     turn_off = (os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None
                 and not _is_terminal(sys.stderr) and not are_progress_bars_disabled())
+    # the groups a caller in this process set (disabling and enabling all clear them)
+    states = getattr(importlib.import_module("huggingface_hub.utils.tqdm"),
+                     "progress_bar_states", None)
+    saved = dict(states) if turn_off and isinstance(states, dict) else None
     if turn_off:
         disable_progress_bars()
     try:
         yield
     finally:
-        if turn_off:
+        if saved is not None:
+            states.clear()
+            states.update(saved)
+        elif turn_off:
             enable_progress_bars()
 
 
@@ -942,6 +957,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ncagen.publish") 
     logging.basicConfig(format="%(message)s")
     logger.setLevel(logging.INFO)  # our progress lines, without the HTTP client's per-request ones
     try:
+        _check_env_endpoint()
         with _no_bars_off_a_terminal():
             report = publish(
                 args.dir,

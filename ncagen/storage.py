@@ -99,27 +99,29 @@ def filesystem(root: str):
             fsys = fs.PyFileSystem(fs.FSSpecHandler(_Guarded(fsys.handler.fs)))  # fsspec's
         return fsys, path
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        if isinstance(err, pa.ArrowInvalid) and not str(err).startswith(_NOT_ARROWS):
-            # a scheme pyarrow serves itself (s3, gs, abfs) refusing the URL: an unknown query
-            # parameter, no account; fsspec would only ask for another package
-            raise StorageRefused(f"{redact(given)}: {redact(_first_line(err))}") from None
+        if isinstance(err, pa.ArrowInvalid) and str(err).startswith(_UNKNOWN_OPTION):
+            # a scheme pyarrow serves itself (s3, gs, abfs) with an option its client lacks:
+            # fsspec would ask for its own package and then read the query as part of a key
+            message = _first_line(err).replace(uri, given)
+            raise StorageRefused(f"{redact(given)}: {redact(message)}") from None
         import fsspec
 
         try:
             fsys, path = fsspec.core.url_to_fs(root)
         except (ImportError, ValueError) as err:  # the package a scheme needs; an unknown one
-            raise StorageRefused(f"{redact(given)}: {' '.join(str(err).split())}") from None
+            message = " ".join(str(err).split()).replace(uri, given)
+            raise StorageRefused(f"{redact(given)}: {redact(message)}") from None
         return fs.PyFileSystem(fs.FSSpecHandler(_Guarded(fsys))), path.rstrip("/")
     except OSError as err:  # the client could not start (hdfs without a JVM lists every path
         # it tried) or reach its service (s3's region lookup): its first line
-        short = OSError(err.errno, _first_line(err)) if err.errno else OSError(_first_line(err))
-        raise short from None
+        text = _first_line(err.strerror or err).replace(uri, given)
+        raise (OSError(err.errno, text) if err.errno else OSError(text)) from None
 
 
-_NOT_ARROWS = "Unrecognized filesystem type"  # pyarrow's ArrowInvalid for a scheme it lacks
+_UNKNOWN_OPTION = "Unexpected query parameter"  # pyarrow's ArrowInvalid for one of them
 
 
-def _first_line(err: BaseException) -> str:
+def _first_line(err: BaseException | str) -> str:
     lines = str(err).strip().splitlines()
     return " ".join(lines[0].split()) if lines else type(err).__name__
 

@@ -2,6 +2,7 @@
 modules that publish."""
 
 import contextlib
+import importlib
 import os
 import pathlib
 import secrets
@@ -69,11 +70,18 @@ def serving_hub(token: str, home: pathlib.Path, monkeypatch: pytest.MonkeyPatch)
         # The stand-in speaks the LFS batch API, not Xet.
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+        # The bars' module copies the switch when it is first imported (lazily): imported
+        # after the patch, it kept True for the rest of the session. Patch both copies.
+        bars_module = importlib.import_module("huggingface_hub.utils.tqdm")
+        switches = [(owner, owner.HF_HUB_DISABLE_PROGRESS_BARS) for owner in (constants, bars_module)]
+        for owner, _ in switches:
+            monkeypatch.setattr(owner, "HF_HUB_DISABLE_PROGRESS_BARS", True)
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
         disable_progress_bars()  # the switch is process-wide state that other tests may flip
         try:
             yield server
         finally:
+            for owner, value in switches:  # first: enabling under True only warns
+                monkeypatch.setattr(owner, "HF_HUB_DISABLE_PROGRESS_BARS", value)
             enable_progress_bars()

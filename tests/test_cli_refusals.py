@@ -59,7 +59,8 @@ def test_bad_flags(tmp_path, capsys, args, words):
     assert not out.exists()
 
 
-def test_bad_outputs(tmp_path, capsys):
+def test_bad_outputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out (-) would be made here, and seen below
     (tmp_path / "afile").write_text("x")
     cases = [
         ("", "--out is empty"),
@@ -197,6 +198,34 @@ def test_a_negative_number_with_an_exponent_is_a_value_and_flags_still_are_flags
     assert args.identity_bias == pytest.approx(-1e-3) and args.out == "o"
     with pytest.raises(SystemExit):  # a flag is not swallowed as a value
         build_parser().parse_args(["--out", "o", "--identity-bias", "--rows", "5"])
+
+
+def test_storage_messages_show_the_url_as_given_and_one_errno(monkeypatch):
+    import errno
+
+    from pyarrow import fs
+
+    from ncagen.storage import StorageRefused, describe_error, filesystem
+
+    # the retry limit ncagen adds to a gs:// URL stays out of what the user reads
+    with pytest.raises(StorageRefused) as caught:
+        filesystem("gs://AK:se/cret@b/x")
+    assert "retry_limit_seconds" not in str(caught.value) and "cret" not in str(caught.value)
+    # an Azure URL without its account is still fsspec's (adlfs reads the account from the
+    # environment), not refused by pyarrow's "no valid account name"
+    with pytest.raises(StorageRefused, match="adlfs"):
+        filesystem("abfs://container/path")
+
+    class Denied:  # pyarrow's S3 client refused at its start (an IOError with an errno)
+        @staticmethod
+        def from_uri(uri):
+            raise OSError(errno.EACCES, "When resolving region: ACCESS_DENIED\nsecond line")
+
+    monkeypatch.setattr(fs, "FileSystem", Denied)
+    with pytest.raises(PermissionError) as caught:
+        filesystem("s3://b/x")
+    assert str(caught.value) == "[Errno 13] When resolving region: ACCESS_DENIED"
+    assert describe_error(caught.value, "s3://b/x").count("Errno") == 1
 
 
 def test_gs_urls_keep_their_options_and_get_a_retry_limit():

@@ -481,7 +481,7 @@ def test_object_store_shards_listed_as_recorded_are_trusted_and_checked_when_sta
 @pytest.mark.parametrize(
     "case",
     ["missing dir", "a file", "not a build", "bad repo id", "missing token", "rejected token",
-     "bad timeout", "bad endpoint"],
+     "bad timeout", "bad endpoint", "broken endpoint"],
 )
 def test_cli_errors_are_one_line_with_status_2(
     case, hub, build, token, tmp_path, capsys, monkeypatch
@@ -497,6 +497,8 @@ def test_cli_errors_are_one_line_with_status_2(
         from huggingface_hub import constants
 
         monkeypatch.setattr(constants, "ENDPOINT", "huggingface.co")
+    elif case == "broken endpoint":  # huggingface_hub's import fails on it: "Invalid IPv6 URL"
+        monkeypatch.setenv("HF_ENDPOINT", "http://[::1")
     elif case == "not a build":
         (build / MANIFEST).unlink()
     elif case == "bad repo id":
@@ -517,6 +519,7 @@ def test_cli_errors_are_one_line_with_status_2(
         "a file": f"{build / MANIFEST}: a file, not a build directory",
         "bad timeout": "NCAGEN_HUB_TIMEOUT must be a positive number of seconds, got 'soon'",
         "bad endpoint": "HF_ENDPOINT 'huggingface.co' is not the http(s) address of a Hub",
+        "broken endpoint": "HF_ENDPOINT 'http://[::1' is not the http(s) address of a Hub",
         "not a build": "not an ncagen build",
         "bad repo id": "bad repo id",
         "missing token": "no Hugging Face token",
@@ -532,6 +535,23 @@ def test_cli_errors_are_one_line_with_status_2(
 def test_an_endpoint_that_is_no_http_address_is_refused(endpoint, build):
     with pytest.raises(ValueError, match="endpoint .* is not the http.s. address of a Hub"):
         publish(build, REPO, endpoint=endpoint, dry_run=True)
+
+
+def test_the_bars_switch_leaves_a_callers_group_settings_as_they_were(monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(publish_module, "_is_terminal", lambda stream: False)
+    disable_progress_bars("huggingface_hub.http_get")
+    try:
+        with publish_module._no_bars_off_a_terminal():
+            assert are_progress_bars_disabled()
+        assert are_progress_bars_disabled("huggingface_hub.http_get")
+        assert not are_progress_bars_disabled()
+    finally:
+        from huggingface_hub.utils import enable_progress_bars
+
+        enable_progress_bars()
 
 
 def test_no_progress_bars_in_a_log_unless_asked(hub, build, token, tmp_path):
