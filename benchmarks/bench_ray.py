@@ -33,7 +33,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 sys.path.insert(0, str(REPO / "tests"))
-from procs import free_port, kill_session, session_pids  # noqa: E402  (shared with the tests)
+from procs import free_port, kill_session, ray_port_flags, session_pids  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -100,14 +100,17 @@ def run_build(args: list[str], env: dict, sample_sids: list[int] | None = None) 
     return out
 
 
-def start_cluster(env: dict, temp_dir: pathlib.Path, cpus: int) -> tuple[str, int]:
+def start_cluster(env: dict, temp_dir: pathlib.Path, cpus: int,
+                  dashboard: int | None = None) -> tuple[str, int]:
+    """A one-node cluster on 127.0.0.1 (with the job server on port `dashboard` if given);
+    returns its address and the session id of its processes."""
     port = free_port()
-    ports = [f"--{name}-port={free_port()}" for name in (
-        "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
-        "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
+    ports = ray_port_flags()
+    dash = (["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"] if dashboard
+            else ["--include-dashboard=false"])
     start = subprocess.Popen(
         [*RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--include-dashboard=false", f"--num-cpus={cpus}", "--num-gpus=0",
+         *dash, f"--num-cpus={cpus}", "--num-gpus=0",
          "--object-store-memory=200000000", *ports, f"--temp-dir={temp_dir}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

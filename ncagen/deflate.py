@@ -35,8 +35,9 @@ from __future__ import annotations
 import functools
 import zlib
 
-import numba
 import numpy as np
+
+from .jit import njit
 
 MAX_EXACT = 16_382  # bytes: up to here zlib (memLevel 8) makes one block, never sliding its window
 GZIP_FRAMING = 18  # the gzip member's header (10 bytes, no name) and trailer (CRC32, length)
@@ -101,7 +102,6 @@ def _tables_cached() -> tuple:
             t["bl_order"], t["static_lit"], t["static_dist"])
 
 
-_njit = functools.partial(numba.njit, cache=True, nogil=True)  # module level: cached on disk
 HEAP_SIZE = 573  # 2 * 286 + 1: zlib's heap, shared by the three trees
 NODE_BITS = 10  # a heap entry packs its node (< HEAP_SIZE) under its key
 NODE_MASK = (1 << NODE_BITS) - 1
@@ -111,7 +111,7 @@ TOO_FAR = 4096
 EARLY_CHECK = 48  # bytes parsed between two checks of the band bound during the parse
 
 
-@_njit(inline="always")
+@njit(inline="always")
 def downheap(heap, heap_len, k):  # pragma: no cover - compiled
     """zlib's pqdownheap on packed entries, key << NODE_BITS | node, key = freq << 9 | depth:
     comparing the keys (entry >> NODE_BITS) orders nodes as zlib's `smaller` does (by
@@ -136,7 +136,7 @@ def downheap(heap, heap_len, k):  # pragma: no cover - compiled
         b = g1 + c * (g3 - g1)
     heap[k] = v
 
-@_njit(inline="always")
+@njit(inline="always")
 def build_tree(freq, length, dad, elems, stree, extra, base, max_length, heap,
                bl_count):  # pragma: no cover - compiled
     """zlib's build_tree + gen_bitlen: code lengths into `length`; returns (max_code, the
@@ -233,7 +233,7 @@ def build_tree(freq, length, dad, elems, stree, extra, base, max_length, heap,
                 count -= 1
     return max_code, opt, stat
 
-@_njit(inline="always")
+@njit(inline="always")
 def scan_tree(length, max_code, bl_freq):  # pragma: no cover - compiled
     """zlib's scan_tree: count the code-length symbols that will describe a tree."""
     prevlen, nextlen, count = -1, length[0], 0
@@ -264,7 +264,7 @@ def scan_tree(length, max_code, bl_freq):  # pragma: no cover - compiled
         else:
             max_count, min_count = 7, 4
 
-@_njit
+@njit
 def _sizes(raw, params, band, out, length_code, dist_code, lit_extra, dist_extra, bl_extra,
           bl_order, static_lit, static_dist):  # pragma: no cover - compiled
     good, max_lazy, nice_length, max_chain = params[0], params[1], params[2], params[3]

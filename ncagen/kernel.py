@@ -7,9 +7,9 @@ per-cell loops have compile-time trip counts and strides, every weight is hoiste
 and the logits of several states are summed side by side, so LLVM vectorises over the cells
 with independent add chains instead of waiting on one long chain at a time.
 
-The source of each shape is written to a cache folder (`NCAGEN_CACHE_DIR`, else
-`~/.cache/ncagen`, else the temp folder) and imported from there, so numba's on-disk cache
-keeps the compiled code between processes. `kernel_source` is deterministic: same shape, same
+The source of each shape is written to the cache folder (`ncagen.jit.cache_dir()`:
+`NCAGEN_CACHE_DIR`, else `~/.cache/ncagen`, else the temp folder) and imported from there, so
+numba's on-disk cache keeps the compiled code between processes. `kernel_source` is deterministic: same shape, same
 text. The file name hashes that text and the generator's fingerprint (`ncagen.fingerprint`), so
 compiled code is reused only by the very code that made it.
 """
@@ -20,11 +20,11 @@ import functools
 import hashlib
 import importlib.util
 import os
-import pathlib
 import sys
-import tempfile
 import threading
 import uuid
+
+from .jit import cache_dir
 
 STATES_PER_PASS = 4  # logits summed side by side in one pass over the cells
 EDGE_BUCKETS = 1024  # buckets of u for bounding a near tie's Gumbel draws (a power of 2)
@@ -257,24 +257,6 @@ def kernel_source(n: int, C1: int, H: int, G: int, ib: bool, table: bool, bias: 
             + _STEP.format(n=n, C1=C1, H=H, G=G, GG=GG, GGP=GGP, W=G + 2, N3=N3,
                            l1_sum="((b1[c] + tab[a + c]) + tab[m + c]) + tab[d + c]" if bias else l1,
                            left_terms=left, table_terms=fill))
-
-
-def cache_dir() -> pathlib.Path:
-    """Where generated kernel sources (and numba's compiled code beside them) are kept."""
-    for d in (os.environ.get("NCAGEN_CACHE_DIR"), os.path.join(os.path.expanduser("~"), ".cache", "ncagen")):
-        if d and _writable(d):
-            return pathlib.Path(d)
-    d = os.path.join(tempfile.gettempdir(), f"ncagen-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
-    os.makedirs(d, exist_ok=True)
-    return pathlib.Path(d)
-
-
-def _writable(d: str) -> bool:
-    try:
-        os.makedirs(d, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(d, os.W_OK)
 
 
 _LOCK = threading.Lock()

@@ -36,6 +36,7 @@ import numpy as np
 from . import rng
 from .config import NCAConfig
 from .extras import installed, require
+from .jit import njit
 from .kernel import load_kernel
 from .rules import RuleParams, uniforms
 from .threads import pool
@@ -57,7 +58,7 @@ def init_state(rule_seeds: np.ndarray, sims: np.ndarray, cfg: NCAConfig) -> np.n
     return _categorical(u, cdf, 2 * n).reshape(-1, G, G)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _categorical(u, cdf, first):  # pragma: no cover - compiled
     """Each cell's state: how many of the first n-1 cdf steps its uniform u[b, first + i]
     exceeds (comparisons only, so exactly numpy's `(u > cdf[:, k]).sum` over k)."""

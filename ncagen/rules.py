@@ -17,6 +17,7 @@ import numpy as np
 
 from . import rng
 from .config import NCAConfig
+from .jit import njit
 
 TRUNC = 2.0  # truncation of the standard normal, in standard deviations
 TRUNC_STD = 0.87962566103423978  # std of N(0,1) truncated to [-2, 2]
@@ -125,7 +126,7 @@ def _ndtri_into(y, scale, out, tails, xs, logs):  # pragma: no cover - compiled
         out[j] = (xs[t] if y[j] > 1.0 - _EXP_M2 else -xs[t]) * scale
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(error_model="numpy")
 def _ndtri(flat, lo, hi, res):  # pragma: no cover - compiled
     """res = ndtri(lo + flat * (hi - lo)), in blocks."""
     y = np.empty(min(flat.shape[0], _BLOCK), np.float64)
@@ -152,7 +153,7 @@ def uniforms(keys: np.ndarray, count: int) -> np.ndarray:
     return _draw(np.asarray(keys, np.uint64), int(count))
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _draw(keys, count):  # pragma: no cover - compiled
     out = np.empty((keys.shape[0], count), np.float64)
     for b in range(keys.shape[0]):
@@ -179,7 +180,7 @@ def sample_rules(rule_seeds: np.ndarray, cfg: NCAConfig) -> RuleParams:
     return RuleParams(weights[0], zeros(C1), weights[1], zeros(H), weights[2], zeros(n))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(error_model="numpy")
 def _sample(keys, lo, hi, w1, s1, w2, s2, w3, s3):  # pragma: no cover - compiled
     """Rule b's w1, w2, w3 (flattened) from keys[b], one tensor at a time, in cache:
     w[j] = ndtri(lo + u * (hi - lo)) * s, u its uniform; the counters run through w1, w2, w3."""

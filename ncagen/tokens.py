@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
 from .config import NCAConfig
+from .jit import njit
 
 
 def _permute(x, axes):
@@ -48,7 +48,7 @@ def _encode_kernel(n: int, patch: int):
     return functools.partial(_encode_patches, weights=weights, patch=patch)
 
 
-@numba.njit(cache=True, nogil=True)  # module level: a closure's disk cache never hits
+@njit  # module level: a closure's disk cache never hits
 def _encode_patches(grids, weights, patch):  # pragma: no cover - compiled
     M, G = grids.shape[0], grids.shape[1]
     q = G // patch
@@ -113,7 +113,7 @@ def to_sequence_of(head: np.ndarray, tail: np.ndarray, cfg: NCAConfig) -> np.nda
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _frame(head, tail, start, end, out):  # pragma: no cover - compiled
     B, T1, P = head.shape
     T2, L = tail.shape[1], out.shape[1]

@@ -77,6 +77,14 @@ def free_port() -> int:
             return port
 
 
+def ray_port_flags() -> list[str]:
+    """`ray start` flags giving every fixed default port of a node a free one, so that another
+    Ray on this machine cannot collide with ours."""
+    return [f"--{name}-port={free_port()}" for name in (
+        "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
+        "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
+
+
 def child_sessions(sid: int) -> set[int]:
     """Sessions that processes of session `sid` started (Ray runs each job's driver in one)."""
     procs = processes()

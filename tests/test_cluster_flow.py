@@ -11,8 +11,9 @@ then work in a home with a token and in one without.
 
 What stands in for what: a real local Ray cluster (`ray start --head` on 127.0.0.1, 2 CPUs)
 stands in for the remote cluster of `ray up`; a private HOME stands in for the user's home
-(~/.ray/auth_token and all), with or without a build already run in it; the job is sent over
-HTTP with the real `ray job submit` CLI, like the one behind `ray dashboard`.
+(~/.ray/auth_token and all; only ncagen's cache folder of compiled code is this machine's), with
+or without a build already run in it; the job is sent over HTTP with the real `ray job submit`
+CLI, like the one behind `ray dashboard`.
 
 Every Ray here is started in a new session with its own temp dir and free ports, and torn down
 by killing that session's processes (and the job driver's session it started), nothing else.
@@ -30,7 +31,9 @@ import tempfile
 import time
 
 import pytest
-from procs import child_sessions, free_port, kill_session, session_pids
+from procs import child_sessions, free_port, kill_session, ray_port_flags, session_pids
+
+from ncagen.jit import cache_dir
 
 pytest.importorskip("ray")
 
@@ -47,9 +50,7 @@ SUBMIT = ("ray job submit --address http://127.0.0.1:{dash} --working-dir . -- "
 
 def isolation_flags(temp_dir: str) -> str:
     """Flags the README leaves out: a private temp dir, 2 CPUs, loopback and free ports."""
-    ports = " ".join(f"--{name}-port={free_port()}" for name in (
-        "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
-        "dashboard-agent-grpc", "runtime-env-agent", "metrics-export"))
+    ports = " ".join(ray_port_flags())
     return (f" --port={free_port()} --node-ip-address=127.0.0.1 --num-cpus=2 --num-gpus=0"
             f" --object-store-memory=200000000 --temp-dir={temp_dir} --disable-usage-stats {ports}")
 
@@ -69,7 +70,10 @@ class Shell:
     def __init__(self, home: pathlib.Path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         bindir = os.path.dirname(sys.executable)  # `ray` and `python` of this interpreter
+        # numba's compiled code from this machine's cache folder, not the private home's: the
+        # flow is under test here, not how long a first compile takes
         self.env = {**env, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+                    "NCAGEN_CACHE_DIR": str(cache_dir()),
                     "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
 
     def popen(self, command: str, exports: bool = True, **kw) -> subprocess.Popen:

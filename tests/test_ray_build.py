@@ -21,7 +21,8 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from procs import assert_retried, child_sessions, free_port, kill_session, shard_workers
+from procs import (assert_retried, child_sessions, free_port, kill_session, ray_port_flags,
+                   shard_workers)
 
 pytest.importorskip("ray")
 
@@ -70,9 +71,7 @@ def cluster(tmp_path_factory):
     temp_dir = base if len(str(base)) <= 40 else pathlib.Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     port, dash = free_port(), free_port()
     # every fixed default port too, so another Ray on this machine cannot collide with ours
-    ports = [f"--{name}-port={free_port()}" for name in (
-        "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
-        "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
+    ports = ray_port_flags()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_task_events_report_interval_ms": "100"}
     env.pop("RAY_ADDRESS", None)
