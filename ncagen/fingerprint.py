@@ -2,8 +2,8 @@
 
 A row is a pure function of (config, seeds) *and of the code that computes it*. The fingerprint
 hashes the spec version and the source of every module on the data path (config, rng, rules,
-rollout, kernel, tokens, deflate, complexity, generate). The manifest records it, resume refuses a build
-made by another generator, and compiled code (the generated kernels, and the folder of ncagen's
+rollout, kernel, jit, tokens, deflate, complexity, generate). The manifest records it, resume
+refuses a build made by another generator, and compiled code (the generated kernels, and the folder of ncagen's
 numba cache, `ncagen.jit`) is keyed on it, so changed code never runs stale compiled code or
 mixes its rows into another generator's build.
 """
@@ -15,8 +15,8 @@ import hashlib
 import pathlib
 
 SPEC_VERSION = 1  # shared/NCA_SPEC.md, "generation spec (v1)"
-DATA_PATH = ("config", "rng", "rules", "rollout", "kernel", "tokens", "deflate", "complexity",
-             "generate")
+DATA_PATH = ("config", "rng", "rules", "rollout", "kernel", "jit", "tokens", "deflate",
+             "complexity", "generate")
 
 
 @functools.lru_cache(maxsize=None)

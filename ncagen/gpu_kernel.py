@@ -10,7 +10,7 @@ Its sums are the eager engine's, term for term and in the same order (`_network_
 is launched with `enable_fp_fusion=False`, so no product and add are contracted into one FMA:
 its logits are meant to be the eager ones bit for bit, as the eager ones are the CPU engine's.
 The source is generated for one network shape, with every hidden unit a variable of its own
-(Triton has no arrays of vectors), written to the kernel cache folder (`kernel.cache_dir()`) and
+(Triton has no arrays of vectors), written to the kernel cache folder (`jit.cache_dir()`) and
 imported from there, since Triton reads a kernel's source from its file.
 
 No build uses it yet, so it is not on the generator's fingerprint (`fingerprint.DATA_PATH`); it

@@ -1,17 +1,20 @@
-"""Compiled code and where it is kept: ncagen's numba functions, cached by content, not by path.
+"""Compiled code and where it is kept: ncagen's numba functions, cached by content, not by place.
 
-numba keeps a function's compiled code beside its source (`__pycache__`), under a name tied to
-that source's folder. `ray job submit --working-dir .` unpacks the package to a new folder on
-every cluster, so each job's driver, and the first worker of every node, compiled all of
-ncagen's kernels again (about 20 s on two cores) before the first row. `njit` here caches
-instead under `<cache folder>/numba/<generator fingerprint>-<numba version>/`, with each entry
-keyed on its source file's bytes: any copy of the same code, at any path, finds it, and changed
-code never loads another generator's compiled code (the fingerprint keys the folder; numba
-keys each entry on the signature and the CPU).
+numba keeps a function's compiled code in `__pycache__` beside its source. A copy of the package
+in another folder has none: `ray job submit --working-dir .` unpacks the package to a new folder
+for every new Ray session and for every change anywhere in the working dir, so each such job's
+driver, and the first shard on each node, compiled all of ncagen's kernels again (about 20 s on
+two cores) before the first row. `njit` here caches instead under `<cache folder>/numba/
+<generator fingerprint>-<numba version>/`, each entry keyed on its source file's bytes: a copy
+of the same code at any path, on a machine whose cache folder holds it (an earlier run or job
+there), loads it. A machine that never ran this code still compiles once. This module is on
+the data path (`fingerprint.DATA_PATH`): the options it compiles with are part of the
+generator.
 
-The cache folder is `NCAGEN_CACHE_DIR`, else `~/.cache/ncagen`, else one in the temp folder; the
-generated rollout kernels live there too (`ncagen.kernel`). Where the user sets
-NUMBA_CACHE_DIR, numba's own placement wins. Importing this module imports numba.
+The cache folder is `NCAGEN_CACHE_DIR`, else `~/.cache/ncagen`, else a folder of this user's
+own in the temp folder; the generated rollout kernels live there too (`ncagen.kernel`). Where
+the user sets NUMBA_CACHE_DIR, numba's own placement wins; where numba's cache internals are
+not the ones this expects, numba's default placement is used.
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ PACKAGE = pathlib.Path(__file__).resolve().parent
 
 def cache_dir() -> pathlib.Path:
     """Where generated kernel sources and compiled code are kept (see the module docstring)."""
-    for d in (os.environ.get("NCAGEN_CACHE_DIR"), os.path.join(os.path.expanduser("~"), ".cache", "ncagen")):
+    home = os.path.expanduser("~")  # "~" itself when there is no HOME and no passwd entry
+    for d in (os.environ.get("NCAGEN_CACHE_DIR"),
+              None if home.startswith("~") else os.path.join(home, ".cache", "ncagen")):
         if d and _writable(d):
-            return pathlib.Path(d)
-    d = os.path.join(tempfile.gettempdir(), f"ncagen-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
-    os.makedirs(d, exist_ok=True)
+            return pathlib.Path(os.path.abspath(d))
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    d = os.path.join(tempfile.gettempdir(), f"ncagen-{uid if uid is not None else 'user'}")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.stat(d)
+    if uid is not None and (st.st_uid != uid or st.st_mode & 0o022):
+        # someone else's, or writable by others: compiled code is unpickled, so never share it
+        d = tempfile.mkdtemp(prefix="ncagen-")
     return pathlib.Path(d)
 
 
@@ -52,7 +62,10 @@ def _content_digest(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
-class PackageLocator(caching._CacheLocator):
+_LOCATOR = getattr(caching, "_CacheLocator", object)  # numba's (private) base of locators
+
+
+class PackageLocator(_LOCATOR):
     """numba's cache locator for functions defined in ncagen's own modules (none other)."""
 
     def __init__(self, py_func, py_file: str):
@@ -88,9 +101,12 @@ class PackageLocator(caching._CacheLocator):
 
 def _register() -> None:
     """Ask numba to try PackageLocator first (it declines every file outside this package)."""
-    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
-    if PackageLocator not in impl._locator_classes:
-        impl._locator_classes = [PackageLocator, *impl._locator_classes]
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    found = getattr(impl, "_locator_classes", None)
+    if _LOCATOR is object or not isinstance(found, list):
+        return  # another numba than 0.59-0.68 laid out: its own placement, as before
+    if PackageLocator not in found:
+        impl._locator_classes = [PackageLocator, *found]
 
 
 _register()
@@ -99,4 +115,5 @@ _register()
 def njit(*args, **options):
     """numba.njit with the disk cache on, kept as the module docstring says; nogil unless told."""
     options.setdefault("nogil", True)
-    return numba.njit(*args, cache=True, **options)
+    options.setdefault("cache", True)
+    return numba.njit(*args, **options)

@@ -88,3 +88,12 @@ def test_a_changed_source_is_compiled_again_and_numba_cache_dir_still_wins(tmp_p
     users = tmp_path / "numba-cache"
     assert _run(a, CALL, NUMBA_CACHE_DIR=str(users), **env) == ["2", "0", "1"]
     assert list(users.rglob("probe_jit.plus-*.nbi"))  # numba placed it where the user asked
+
+
+def test_every_module_compiling_with_jit_is_on_the_data_path():
+    # jit decides how they are compiled and where the code is kept; the fingerprint must see it
+    from ncagen.fingerprint import DATA_PATH
+
+    users = {p.stem for p in PACKAGE.glob("*.py") if "from .jit import" in p.read_text()}
+    assert {"deflate", "rollout", "rules", "tokens"} <= users
+    assert users | {"jit"} <= set(DATA_PATH), users - set(DATA_PATH)
