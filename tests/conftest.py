@@ -24,6 +24,23 @@ from hub_server import HubServer  # noqa: E402  (tests/ is on sys.path from here
 
 
 @pytest.fixture
+def kernel_cache(tmp_path) -> pathlib.Path:
+    """An empty NCAGEN_CACHE_DIR for the generated kernels, holding a copy of this machine's
+    compiled numba code (ncagen.jit), which these tests do not look at: they pay one kernel's
+    compile, not every function's."""
+    import shutil
+
+    from ncagen.jit import cache_dir
+
+    cache = tmp_path / "kernel-cache"
+    compiled = cache_dir() / "numba"
+    if compiled.is_dir():
+        shutil.copytree(compiled, cache / "numba")
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+@pytest.fixture
 def token() -> str:
     return "hf_" + secrets.token_urlsafe(24)
 

@@ -133,11 +133,11 @@ def test_a_build_made_by_another_generator_is_refused(tmp_path):
     assert before == {rel: p.stat().st_mtime_ns for rel, p in shards(out).items()}
 
 
-def test_fingerprint_is_in_the_manifest_and_keys_the_kernel_cache(tmp_path):
+def test_fingerprint_is_in_the_manifest_and_keys_the_kernel_cache(tmp_path, kernel_cache):
     from ncagen.fingerprint import fingerprint
 
     out = tmp_path / "out"
-    cache = tmp_path / "cache"
+    cache = kernel_cache
     res = run("--rows", "20", *SMALL, "--out", str(out),
               env={**os.environ, "NCAGEN_CACHE_DIR": str(cache)})
     assert res.returncode == 0, res.stderr

@@ -104,7 +104,7 @@ def test_gumbel_bound_holds_across_each_bucket():
             assert edge[q + 1] - EDGE_EPS <= g <= edge[q] + EDGE_EPS, (u, g)
 
 
-def test_kernel_source_is_cached_under_ncagen_cache_dir(tmp_path):
+def test_kernel_source_is_cached_under_ncagen_cache_dir(kernel_cache):
     import os
     import subprocess
     import sys
@@ -115,13 +115,13 @@ def test_kernel_source_is_cached_under_ncagen_cache_dir(tmp_path):
             "cfg = NCAConfig(states=3, grid=6, seq_len=200)\n"
             "s, m = candidate_seeds(1, 0, 5, 1)\n"
             "print(regenerate(cfg, s, m)['input_ids'].sum())\n")
-    env = {**os.environ, "NCAGEN_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "NCAGEN_CACHE_DIR": str(kernel_cache)}
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            check=True, timeout=600).stdout for _ in range(2)]
     assert runs[0] == runs[1]
-    sources = list((tmp_path / "kernels").glob("nca_n3_c4_h16_g6_*.py"))
+    sources = list((kernel_cache / "kernels").glob("nca_n3_c4_h16_g6_*.py"))
     assert len(sources) == 1
-    assert any(p.suffix in (".nbi", ".nbc") for p in (tmp_path / "kernels").rglob("*"))
+    assert any(p.suffix in (".nbi", ".nbc") for p in (kernel_cache / "kernels").rglob("*"))
 
 
 def test_engines_agree_with_nonzero_biases():
