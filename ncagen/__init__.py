@@ -5,4 +5,4 @@ generate -> shards -> build (Ray) -> card -> publish. Importing the package is c
 dependencies load inside the functions that need them.
 """
 
-__version__ = "0.3.4"
+__version__ = "0.3.5"

@@ -30,12 +30,16 @@ def kernel_cache(tmp_path) -> pathlib.Path:
     compile, not every function's."""
     import shutil
 
+    import numba
+
+    from ncagen.fingerprint import fingerprint
     from ncagen.jit import cache_dir
 
     cache = tmp_path / "kernel-cache"
-    compiled = cache_dir() / "numba"
+    current = f"{fingerprint()}-{numba.__version__}"  # this code's folder, not older ones
+    compiled = cache_dir() / "numba" / current
     if compiled.is_dir():
-        shutil.copytree(compiled, cache / "numba")
+        shutil.copytree(compiled, cache / "numba" / current)
     cache.mkdir(exist_ok=True)
     return cache
 

@@ -12,8 +12,10 @@ then work in a home with a token and in one without.
 What stands in for what: a real local Ray cluster (`ray start --head` on 127.0.0.1, 2 CPUs)
 stands in for the remote cluster of `ray up`; a private HOME stands in for the user's home
 (~/.ray/auth_token and all; only ncagen's cache folder of compiled code is this machine's), with
-or without a build already run in it; the job is sent over HTTP with the real `ray job submit`
-CLI, like the one behind `ray dashboard`.
+a build already run in it; the job is sent over HTTP with the real `ray job submit` CLI, like
+the one behind `ray dashboard`. One flow covers both homes the README promises: the earlier
+build must leave no `~/.ray` at all (checked), so from there on the home is, for Ray, a fresh
+one, and the token command runs a second time over the token the first one made.
 
 Every Ray here is started in a new session with its own temp dir and free ports, and torn down
 by killing that session's processes (and the job driver's session it started), nothing else.
@@ -53,8 +55,6 @@ def isolation_flags(temp_dir: str) -> str:
     ports = " ".join(ray_port_flags())
     return (f" --port={free_port()} --node-ip-address=127.0.0.1 --num-cpus=2 --num-gpus=0"
             f" --object-store-memory=200000000 --temp-dir={temp_dir} --disable-usage-stats {ports}")
-
-
 
 
 def kill_tree(sid: int) -> None:
@@ -103,24 +103,28 @@ def wait_ready(shell: Shell, dash: int, timeout: float = 120) -> None:
         time.sleep(1.0)
 
 
-@pytest.mark.parametrize("built_before", [True, False], ids=["after-a-build", "fresh-home"])
-def test_readme_one_machine_flow(tmp_path, built_before):
+def test_readme_one_machine_flow(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     shell = Shell(home)
     # Ray's unix sockets live under the temp dir and their paths must stay under ~107 bytes
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     try:
-        if built_before:
-            # the user's earlier build: its private Ray saves no token in the home (RAY_TMPDIR
-            # only keeps that Ray's session files out of the shared /tmp/ray)
-            rc, out = shell.run(f"RAY_TMPDIR={temp_dir} python -m ncagen.build --rows 20 "
-                                f"--seq-len 380 --out {tmp_path / 'earlier'}", exports=False)
-            assert rc == 0, out
-            assert not (home / ".ray" / "auth_token").exists()
-
-        rc, out = shell.run(GENERATE)
+        # the user's earlier build: its private Ray saves no token, nor anything else of Ray's,
+        # in the home (RAY_TMPDIR only keeps that Ray's session files out of the shared /tmp/ray)
+        rc, out = shell.run(f"RAY_TMPDIR={temp_dir} python -m ncagen.build --rows 20 "
+                            f"--seq-len 380 --out {tmp_path / 'earlier'}", exports=False)
         assert rc == 0, out
+        assert not (home / ".ray").exists()
+
+        rc, out = shell.run(GENERATE)  # a home without a token: it makes one
+        assert rc == 0, out
+        token = (home / ".ray" / "auth_token").read_text()
+        assert token.strip()
+        rc, out = shell.run(GENERATE)  # a home with one: it keeps it
+        assert rc == 0, out
+        assert (home / ".ray" / "auth_token").read_text() == token
+
         dash = free_port()
         start = shell.popen(START.format(dash=dash) + isolation_flags(temp_dir),
                             start_new_session=True)

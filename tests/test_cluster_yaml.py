@@ -1,11 +1,14 @@
 """ray_cluster.yaml is a valid cluster-launcher config for the installed Ray, of the shape the
-build expects: a CPU-only head and autoscaling GPU workers that install ncagen."""
+build expects: a CPU-only head and autoscaling GPU workers that install ncagen and compile its
+code while they start."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -56,3 +59,23 @@ def test_cpu_head_autoscaling_gpu_workers_install_ncagen(config, repo_root):
     assert any("pip install" in c and remote in c for c in config["setup_commands"])
     # the GPU workers install the extra that brings torch (the CUDA engine); the head needs none
     assert any(f"{remote}[gpu]" in c for c in config["worker_setup_commands"])
+
+
+def test_every_node_compiles_ncagen_after_installing_it(config, tmp_path):
+    """The warm-up line runs as written: a one-row build that leaves nothing behind, after the
+    install, and never stops a node (its failure is a note). What it buys, a job's copy of the
+    code at another path loading the node's compiled code, is tests/test_jit.py's."""
+    commands = config["setup_commands"]
+    warm = [i for i, c in enumerate(commands) if "ncagen.build" in c]
+    assert len(warm) == 1 and warm[0] > 0 and "pip install" in commands[warm[0] - 1]
+    command = commands[warm[0]]
+    assert "--executor local" in command and command.rstrip().split("||")[-1].strip().startswith("echo")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    # this machine's cache folder: the line's behaviour is under test here, not a cold compile
+    env = {**os.environ, "TMPDIR": str(temp),
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    res = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0 and res.stdout == res.stderr == "", (res.stdout, res.stderr)
+    assert not list(temp.iterdir())  # the build and its log are gone
