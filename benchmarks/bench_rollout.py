@@ -44,7 +44,8 @@ def _module(path: pathlib.Path, name: str):
 
 def compiled_kernel(checkout: pathlib.Path, tag: str, scratch: pathlib.Path, cfg: NCAConfig):
     """The kernel `checkout`'s ncagen.kernel generates for cfg's shape, compiled uncached."""
-    gen = _module(checkout / "ncagen" / "kernel.py", f"bench_kernel_gen_{tag}")
+    # a name inside the package: since 0.3.4 kernel.py imports `.jit` (this checkout's serves)
+    gen = _module(checkout / "ncagen" / "kernel.py", f"ncagen.bench_kernel_gen_{tag}")
     src = gen.kernel_source(cfg.states, cfg.conv_channels, cfg.hidden, cfg.grid, False, True, False)
     path = scratch / f"bench_kernel_{tag}.py"
     path.write_text(src.replace("cache=True", "cache=False"))
