@@ -79,3 +79,10 @@ def test_every_node_compiles_ncagen_after_installing_it(config, tmp_path):
                          timeout=600)
     assert res.returncode == 0 and res.stdout == res.stderr == "", (res.stdout, res.stderr)
     assert not list(temp.iterdir())  # the build and its log are gone
+    # the same line with a build that fails (a refused --rows): one note, and the node goes on
+    assert "--rows 1" in command
+    res = subprocess.run(["bash", "-c", command.replace("--rows 1", "--rows 0")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.startswith("ncagen: compile warm-up failed"), res
+    log, = temp.glob("*/log")  # kept for the note to point at
+    assert "rows" in log.read_text()
