@@ -32,7 +32,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from procs import child_sessions, free_port, kill_session  # noqa: E402
+from procs import child_sessions, free_port, kill_session, wait_for_job_agent  # noqa: E402
 
 import bench_ray  # noqa: E402  (its one-node cluster)
 
@@ -42,16 +42,12 @@ BUILD = ["python", "-m", "ncagen.build", "--band", "0.5-1.0", "--rows", "200", "
 def start_cluster(env: dict, temp_dir: pathlib.Path, dash: int) -> int:
     """A fresh head with the job server; returns its session id once it takes jobs."""
     _, sid = bench_ray.start_cluster(env, temp_dir, len(os.sched_getaffinity(0)), dashboard=dash)
-    deadline = time.monotonic() + 120
-    while True:  # `ray start` returns before the job agent registers
-        res = subprocess.run([*RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                              "--", "true"], env=env, capture_output=True, text=True, timeout=120)
-        if res.returncode == 0:
-            return sid
-        if time.monotonic() > deadline:
-            kill_session(sid)
-            raise RuntimeError(f"the job agent never came up:\n{res.stdout}{res.stderr}")
-        time.sleep(1.0)
+    try:
+        wait_for_job_agent(RAY, f"http://127.0.0.1:{dash}", env)
+    except AssertionError:
+        kill_session(sid)
+        raise
+    return sid
 
 
 def one_job(checkout: pathlib.Path, env: dict, tmp: pathlib.Path, name: str) -> dict:

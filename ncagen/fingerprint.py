@@ -3,9 +3,9 @@
 A row is a pure function of (config, seeds) *and of the code that computes it*. The fingerprint
 hashes the spec version and the source of every module on the data path (config, rng, rules,
 rollout, kernel, jit, tokens, deflate, complexity, generate). The manifest records it, resume
-refuses a build made by another generator, and compiled code (the generated kernels, and the folder of ncagen's
-numba cache, `ncagen.jit`) is keyed on it, so changed code never runs stale compiled code or
-mixes its rows into another generator's build.
+refuses a build made by another generator, and compiled code (the generated kernels, and the
+folder of ncagen's numba cache, `ncagen.jit`) is keyed on it, so changed code never runs stale
+compiled code or mixes its rows into another generator's build.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import os
 import pathlib
 import signal
 import socket
+import subprocess
 import time
 
 
@@ -83,6 +84,21 @@ def ray_port_flags() -> list[str]:
     return [f"--{name}-port={free_port()}" for name in (
         "object-manager", "node-manager", "ray-client-server", "dashboard-agent-listen",
         "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
+
+
+def wait_for_job_agent(ray: list[str], address: str, env: dict, timeout: float = 120) -> None:
+    """Until the node's job agent takes jobs: `ray start` returns before it registers. `ray` is
+    the command that runs Ray's CLI, `address` the job server's http:// address."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = subprocess.run([*ray, "job", "submit", "--address", address, "--", "true"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        out = res.stdout + res.stderr
+        if res.returncode == 0:
+            return
+        assert "No available agent" in out, out
+        assert time.monotonic() < deadline, f"the Ray job agent never came up:\n{out}"
+        time.sleep(1.0)
 
 
 def child_sessions(sid: int) -> set[int]:

@@ -30,10 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
-from procs import child_sessions, free_port, kill_session, ray_port_flags, session_pids
+from procs import (child_sessions, free_port, kill_session, ray_port_flags, session_pids,
+                   wait_for_job_agent)
 
 from ncagen.jit import cache_dir
 
@@ -90,19 +90,6 @@ class Shell:
         return proc.returncode, out
 
 
-def wait_ready(shell: Shell, dash: int, timeout: float = 120) -> None:
-    """Until the node's job agent takes jobs (`ray start` returns before it registers)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rc, out = shell.run(f"ray job submit --address http://127.0.0.1:{dash} -- true",
-                            timeout=120)
-        if rc == 0:
-            return
-        assert "No available agent" in out, out
-        assert time.monotonic() < deadline, "the Ray job agent never came up"
-        time.sleep(1.0)
-
-
 def test_readme_one_machine_flow(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -131,7 +118,9 @@ def test_readme_one_machine_flow(tmp_path):
         try:
             log, _ = start.communicate(timeout=180)
             assert start.returncode == 0, log
-            wait_ready(shell, dash)
+            # not a README line: the job agent registers after `ray start` returns
+            wait_for_job_agent(["ray"], f"http://127.0.0.1:{dash}",
+                               {**shell.env, "RAY_AUTH_MODE": "token"})
             # the trap the exports avoid: without them the job server refuses the submission
             rc, out = shell.run(f"ray job submit --address http://127.0.0.1:{dash} -- true",
                                 exports=False, timeout=120)

@@ -22,7 +22,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from procs import (assert_retried, child_sessions, free_port, kill_session, ray_port_flags,
-                   shard_workers)
+                   shard_workers, wait_for_job_agent)
 
 pytest.importorskip("ray")
 
@@ -46,18 +46,6 @@ class Cluster:
                "--working-dir", str(REPO), "--", "python", "-m", "ncagen.build", *build_args]
         return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, **popen)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        """Until the node's job agent takes jobs (`ray start` returns before it registers)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            res = subprocess.run([*RAY, "job", "submit", "--address", self.dashboard, "--",
-                                  "python", "-c", "pass"], env=self.env, capture_output=True, text=True)
-            if res.returncode == 0:
-                return
-            assert "No available agent" in res.stdout + res.stderr, res.stdout + res.stderr
-            assert time.monotonic() < deadline, "the Ray job agent never came up"
-            time.sleep(1.0)
 
     def cli(self, *args: str) -> str:
         return subprocess.run([*RAY, *args], env=self.env, capture_output=True, text=True,
@@ -85,7 +73,7 @@ def cluster(tmp_path_factory):
         log, _ = start.communicate(timeout=180)
         assert start.returncode == 0, log
         c = Cluster(f"http://127.0.0.1:{dash}", start.pid, env, temp_dir)
-        c.wait_ready()
+        wait_for_job_agent(RAY, c.dashboard, env)
         yield c
     finally:
         if start.poll() is None:
